@@ -1,0 +1,574 @@
+"""BasicSR: a small, readable evolutionary symbolic regression (the teacher).
+
+    from basic_sr import BasicSR
+    model = BasicSR(population_size=20, num_generations=1000, seed=0).fit(X, y)
+    model.best_expression_, model.best_mse_, model.predict(X)
+
+One generation, in `generate_new_population`: slot 0 keeps the best individual
+so far (elitism); every other slot is a child from
+`generate_child_via_evolution`: tournament selection, then crossover (with
+probability `crossover_prob`) or one of the mutation kinds in
+`MUTATION_WEIGHTS`. Children over `max_size` or `max_depth` are redrawn.
+Fitness = -MSE - complexity_penalty * size; invalid predictions (non-finite or
+huge) get fitness -inf. NeuralSR overrides `generate_new_population` and
+reuses `generate_child_via_evolution` as its fallback.
+
+CLI: `python basic_sr.py --problem pythagorean_3d`, `--data my.csv`,
+`--list_problems`; see `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+import expressions as ex
+from fitness_kernel import BatchScorer
+from operators import check_operators
+from random_stream import RandomStream, make_generator
+from trajectory import TrajectoryRecorder
+
+# Mutation kinds and their relative weights: the only list of mutation kinds.
+MUTATION_WEIGHTS: dict[str, float] = {
+    "point": 0.35,  # swap an operator for one of equal arity, or a leaf for another leaf
+    "subtree": 0.25,  # replace a node by a leaf or a small random subtree
+    "insert": 0.2,  # wrap a node in a new operator
+    "delete": 0.2,  # replace an operator node by one of its children
+}
+SUBTREE_MUTATION_DEPTH = 2
+INIT_TREE_DEPTH = 4  # random initial trees are grown at most this deep (and max_depth)
+MAX_REDRAWS = 100  # attempts before a child falls back to a copy of its parent
+DUPLICATE_REDRAWS = 5  # attempts to avoid a child already in the new population
+# After this many generations without a better best, every slot but the elite
+# is re-seeded like the initial population. Small populations converge early;
+# measured on the harder tier (20 seeds): 88 of 100 runs solved versus 85 without.
+STAGNATION_LIMIT = 150
+INVALID_FITNESS = -math.inf
+
+
+class BasicSR:
+    """Evolutionary symbolic regression with a scikit-learn style interface."""
+
+    def __init__(
+        self,
+        population_size: int = 100,
+        num_generations: int = 50,
+        max_depth: int = 4,
+        max_size: int = 15,
+        tournament_size: int = 3,
+        tournament_p: float = 1.0,
+        crossover_prob: float = 0.7,
+        constants: Sequence[float] = (1.0,),
+        binary_operators: Sequence[str] = ("+", "-", "*", "/"),
+        unary_operators: Sequence[str] = (),
+        complexity_penalty: float = 0.01,
+        early_stop_threshold: float = 3e-16,
+        time_limit: float | None = None,
+        seed: int | None = None,
+        collect_trajectory: bool = False,
+        verbose: bool = False,
+    ):
+        self.population_size = population_size
+        self.num_generations = num_generations
+        self.max_depth = max_depth
+        self.max_size = max_size
+        self.tournament_size = tournament_size
+        self.tournament_p = tournament_p
+        self.crossover_prob = crossover_prob
+        self.constants = constants
+        self.binary_operators = binary_operators
+        self.unary_operators = unary_operators
+        self.complexity_penalty = complexity_penalty
+        self.early_stop_threshold = early_stop_threshold
+        self.time_limit = time_limit
+        self.seed = seed
+        self.collect_trajectory = collect_trajectory
+        self.verbose = verbose
+        self._validate_params()
+
+    # ------------------------------------------------------------------
+    # scikit-learn conventions
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(BasicSR.__init__)
+        return [name for name in signature.parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor parameters, as scikit-learn's get_params."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> "BasicSR":
+        """Set constructor parameters; unknown names raise ValueError."""
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
+            setattr(self, name, value)
+        self._validate_params()
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {n: p.default for n, p in inspect.signature(BasicSR.__init__).parameters.items()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _validate_params(self) -> None:
+        def require(condition: bool, name: str, rule: str) -> None:
+            if not condition:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+        require(integer(self.population_size) and self.population_size >= 2, "population_size", "an integer >= 2")
+        require(integer(self.num_generations) and self.num_generations >= 0, "num_generations", "an integer >= 0")
+        require(integer(self.max_depth) and self.max_depth >= 0, "max_depth", "an integer >= 0")
+        require(integer(self.max_size) and self.max_size >= 1, "max_size", "an integer >= 1")
+        require(
+            integer(self.tournament_size) and 1 <= self.tournament_size <= self.population_size,
+            "tournament_size",
+            f"an integer in [1, population_size={self.population_size}]",
+        )
+        require(0 < self.tournament_p <= 1, "tournament_p", "in (0, 1]")
+        require(0 <= self.crossover_prob <= 1, "crossover_prob", "in [0, 1]")
+        require(self.complexity_penalty >= 0, "complexity_penalty", ">= 0")
+        require(self.early_stop_threshold >= 0, "early_stop_threshold", ">= 0")
+        require(self.time_limit is None or self.time_limit > 0, "time_limit", "None or > 0")
+        require(
+            all(isinstance(c, (int, float)) and math.isfinite(c) for c in self.constants),
+            "constants",
+            "a sequence of finite numbers",
+        )
+        try:
+            check_operators(self.binary_operators, self.unary_operators)
+        except ValueError as error:
+            raise ValueError(f"binary_operators/unary_operators: {error}") from None
+
+    # ------------------------------------------------------------------
+    # Fitting
+
+    def fit(self, X, y) -> "BasicSR":
+        """Evolve expressions for y ~ f(X); returns self."""
+        X, y = _check_data(X, y)
+        self._validate_params()
+        self._setup(X, y)
+        with np.errstate(all="ignore"):
+            self._evolve()
+        return self
+
+    def _setup(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.n_features_in_ = X.shape[1]
+        self._variables = [f"x{i}" for i in range(self.n_features_in_)]
+        self._constants = [float(c) for c in self.constants]
+        self._binary, self._unary = check_operators(self.binary_operators, self.unary_operators)
+        self._operators = list(self._binary) + list(self._unary)
+        self._stream = RandomStream(make_generator(self.seed))
+        self._scorer = BatchScorer(X, y)
+        self._n_points = len(y)
+        self._fitness_cache: dict[tuple, tuple[float, float]] = {}
+        self._mutation_kinds = list(MUTATION_WEIGHTS)
+        total = sum(MUTATION_WEIGHTS.values())
+        self._mutation_cumulative = list(np.cumsum([w / total for w in MUTATION_WEIGHTS.values()]))
+        self.n_evaluations_ = 0
+        self._last_improvement = 0
+        self._last_restart = 0
+
+    def _evolve(self) -> None:
+        start = time.perf_counter()
+        population = self.initial_population()
+        origins = ["init"] * len(population)
+        parents: list[tuple[int, ...]] = [()] * len(population)
+        fitnesses = self.score_population(population)
+        recorder = TrajectoryRecorder() if self.collect_trajectory else None
+        self.best_mse_history_ = []
+        generation = 0
+        while True:
+            self._track_best(population, fitnesses, generation, recorder, parents, origins)
+            if self._should_stop(generation, start):
+                break
+            generation += 1
+            population, parents, origins = self.generate_new_population(population, fitnesses, generation)
+            fitnesses = self.score_population(population)
+        self.n_generations_ = generation
+        self.fit_time_ = time.perf_counter() - start
+        if recorder is not None:
+            self.trajectory_ = recorder.finish()
+
+    def _track_best(self, population, fitnesses, generation, recorder, parents, origins) -> None:
+        best = int(np.argmax(fitnesses))
+        if generation == 0 or fitnesses[best] > self.best_fitness_:
+            self._last_improvement = generation
+        self.best_tree_ = population[best]
+        self.best_fitness_ = float(fitnesses[best])
+        self.best_mse_ = self._fitness_cache[population[best]][1]
+        self.best_expression_ = ex.to_string(self.best_tree_)
+        self.best_mse_history_.append(self.best_mse_)
+        if recorder is not None:
+            recorder.add_generation(population, fitnesses, parents, origins, best, self.best_mse_)
+        if self.verbose and (generation % max(1, self.num_generations // 20) == 0):
+            print(f"gen {generation:5d}  best mse {self.best_mse_:.3e}  {self.best_expression_}", flush=True)
+
+    def _should_stop(self, generation: int, start: float) -> bool:
+        if self.best_mse_ <= self.early_stop_threshold or generation >= self.num_generations:
+            return True
+        return self.time_limit is not None and time.perf_counter() - start >= self.time_limit
+
+    # ------------------------------------------------------------------
+    # Population and variation
+
+    def initial_population(self) -> list[tuple]:
+        """Seeds first (variables, constants, x+c, x*c, x*x), then random trees; cut to size."""
+        seeds: list[tuple] = [(v,) for v in self._variables] + [(c,) for c in self._constants]
+        seeds += [(op, v, c) for v in self._variables for c in self._constants for op in ("+", "*") if op in self._binary]
+        if "*" in self._binary:
+            seeds += [("*", v, v) for v in self._variables]
+        seeds = [s for s in seeds if self._fits_limits(s)][: self.population_size]
+        init_depth = min(self.max_depth, INIT_TREE_DEPTH)
+        while len(seeds) < self.population_size:
+            seeds.append(self._random_tree_within_limits(init_depth))
+        return seeds
+
+    def _random_tree_within_limits(self, tree_depth: int) -> tuple:
+        for _ in range(MAX_REDRAWS):
+            tree = ex.random_tree(self._stream, self._variables, self._constants, self._operators, tree_depth)
+            if self._fits_limits(tree):
+                return tree
+        return (ex.random_leaf(self._stream, self._variables, self._constants),)
+
+    def generate_new_population(
+        self, population: list[tuple], fitnesses: np.ndarray, generation: int
+    ) -> tuple[list[tuple], list[tuple[int, ...]], list[str]]:
+        """The next population: (children, parent indices per child, how each was made).
+
+        Slot 0 is the elite (best of `population`); the others come from
+        `generate_child_via_evolution`. Subclasses (NeuralSR) override this.
+        """
+        elite = int(np.argmax(fitnesses))
+        if self.restart_due(generation):
+            return self.restart_population(population[elite], elite, generation)
+        fitness_list = fitnesses.tolist()
+        children = [population[elite]]
+        parents: list[tuple[int, ...]] = [(elite,)]
+        origins = ["elite"]
+        seen = {population[elite]}
+        for _ in range(len(population) - 1):
+            # Duplicates waste an evaluation and shrink diversity: redraw a few times.
+            for _ in range(DUPLICATE_REDRAWS):
+                child, child_parents, origin = self.generate_child_via_evolution(population, fitness_list)
+                if child not in seen:
+                    break
+            seen.add(child)
+            children.append(child)
+            parents.append(child_parents)
+            origins.append(origin)
+        return children, parents, origins
+
+    def restart_due(self, generation: int) -> bool:
+        """True when the best has not improved for STAGNATION_LIMIT generations (nor since the last restart)."""
+        return generation - max(self._last_improvement, self._last_restart) > STAGNATION_LIMIT
+
+    def restart_population(self, elite_tree: tuple, elite: int, generation: int):
+        """Keep the elite, re-seed every other slot as in the initial population."""
+        self._last_restart = generation
+        fresh = self.initial_population()[: self.population_size - 1]
+        children = [elite_tree] + fresh
+        parents = [(elite,)] + [()] * len(fresh)
+        return children, parents, ["elite"] + ["restart"] * len(fresh)
+
+    def generate_child_via_evolution(
+        self, population: list[tuple], fitnesses: list[float]
+    ) -> tuple[tuple, tuple[int, ...], str]:
+        """One child by tournament selection and crossover or mutation, within the limits."""
+        for _ in range(MAX_REDRAWS):
+            first = self.tournament(fitnesses)
+            if self._stream.random() < self.crossover_prob:
+                second = self.tournament(fitnesses)
+                child = self.crossover(population[first], population[second])
+                child_parents, origin = (first, second), "crossover"
+            else:
+                kind = self._pick_mutation_kind()
+                child = self.mutate(population[first], kind)
+                child_parents, origin = (first,), f"mutation_{kind}"
+            if self._fits_limits(child):
+                return child, child_parents, origin
+        return population[first], (first,), "copy"
+
+    def tournament(self, fitnesses: list[float]) -> int:
+        """Index of a tournament winner among `tournament_size` distinct individuals.
+
+        With tournament_p < 1 (PySR style) the k-th best contestant wins with
+        probability p (1 - p)^k, the last one taking the remaining mass.
+        """
+        contestants = self._stream.sample_distinct(len(fitnesses), self.tournament_size)
+        if self.tournament_p >= 1.0:
+            best = contestants[0]
+            for contestant in contestants[1:]:
+                if fitnesses[contestant] > fitnesses[best]:
+                    best = contestant
+            return best
+        ranked = sorted(contestants, key=lambda index: -fitnesses[index])
+        for contestant in ranked[:-1]:
+            if self._stream.random() < self.tournament_p:
+                return contestant
+        return ranked[-1]
+
+    def crossover(self, first: tuple, second: tuple) -> tuple:
+        """Copy `first` with a random node replaced by a random subtree of `second`."""
+        start = self._stream.below(len(first))
+        donor_start = self._stream.below(len(second))
+        donor = second[donor_start : ex.subtree_end(second, donor_start)]
+        return first[:start] + donor + first[ex.subtree_end(first, start) :]
+
+    def _pick_mutation_kind(self) -> str:
+        draw = self._stream.random()
+        for kind, threshold in zip(self._mutation_kinds, self._mutation_cumulative):
+            if draw < threshold:
+                return kind
+        return self._mutation_kinds[-1]
+
+    def mutate(self, tree: tuple, kind: str) -> tuple:
+        """Apply one mutation of the given kind (see MUTATION_WEIGHTS)."""
+        if kind == "delete":
+            return self._delete_node(tree)
+        start = self._stream.below(len(tree))
+        if kind == "point":
+            replacement = self._point_replacement(tree[start])
+            if replacement is not None:
+                return tree[:start] + (replacement,) + tree[start + 1 :]
+            kind = "subtree"
+        end = ex.subtree_end(tree, start)
+        if kind == "subtree":
+            new = ex.random_tree(
+                self._stream, self._variables, self._constants, self._operators, SUBTREE_MUTATION_DEPTH
+            )
+        elif kind == "insert":
+            new = self._wrap(tree[start:end])
+        else:
+            raise ValueError(f"unknown mutation kind {kind!r}")
+        return tree[:start] + new + tree[end:]
+
+    def _point_replacement(self, token):
+        """Another token of the same arity, or None when there is none."""
+        arity = ex.arity(token)
+        if arity == 0:
+            for _ in range(8):
+                leaf = ex.random_leaf(self._stream, self._variables, self._constants)
+                if leaf != token:
+                    return leaf
+            return None
+        same_arity = self._binary if arity == 2 else self._unary
+        others = [symbol for symbol in same_arity if symbol != token]
+        return self._stream.choice(others) if others else None
+
+    def _wrap(self, subtree: tuple) -> tuple:
+        symbol = self._stream.choice(self._operators)
+        if ex.arity(symbol) == 1:
+            return (symbol,) + subtree
+        leaf = (ex.random_leaf(self._stream, self._variables, self._constants),)
+        return (symbol,) + subtree + leaf if self._stream.random() < 0.5 else (symbol,) + leaf + subtree
+
+    def _delete_node(self, tree: tuple) -> tuple:
+        """Replace a random operator node by one of its children (a point mutation on a lone leaf)."""
+        operator_positions = [i for i, token in enumerate(tree) if ex.arity(token)]
+        if not operator_positions:
+            return self.mutate(tree, "point")
+        start = self._stream.choice(operator_positions)
+        child_start = start + 1
+        if ex.arity(tree[start]) == 2 and self._stream.random() < 0.5:
+            child_start = ex.subtree_end(tree, start + 1)
+        child = tree[child_start : ex.subtree_end(tree, child_start)]
+        return tree[:start] + child + tree[ex.subtree_end(tree, start) :]
+
+    def _fits_limits(self, tree: tuple) -> bool:
+        size = len(tree)
+        if size > self.max_size:
+            return False
+        # Skip the depth scan when the size alone bounds the depth: n nodes are
+        # at most n - 1 deep, and at most (n - 1) / 2 deep with binary operators only.
+        bound = size - 1 if self._unary else (size - 1) // 2
+        return bound <= self.max_depth or ex.depth(tree) <= self.max_depth
+
+    # ------------------------------------------------------------------
+    # Fitness
+
+    def score(self, tree: tuple) -> tuple[float, float]:
+        """(fitness, mse) of one expression; invalid predictions give (-inf, inf)."""
+        self.score_population([tree])
+        return self._fitness_cache[tree]
+
+    def score_population(self, population: list[tuple]) -> np.ndarray:
+        """Fitnesses (float64) of a list of expressions; new ones are scored in one batch.
+
+        Every individual counts as an evaluation (`n_evaluations_`), cached or
+        not; the cache only saves the arithmetic, it cannot change a result.
+        """
+        cache = self._fitness_cache
+        new = [tree for tree in dict.fromkeys(population) if tree not in cache]
+        if new:
+            penalty = self.complexity_penalty
+            for tree, sse in zip(new, self._scorer.sse(new).tolist()):
+                mse = sse / self._n_points
+                fitness = -mse - penalty * len(tree) if mse < math.inf else INVALID_FITNESS
+                cache[tree] = (fitness, mse)
+        self.n_evaluations_ += len(population)
+        return np.array([cache[tree][0] for tree in population], dtype=np.float64)
+
+    # ------------------------------------------------------------------
+    # After fitting
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "best_tree_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+
+    def predict(self, X) -> np.ndarray:
+        """Predictions of the best expression on the rows of X."""
+        self._require_fitted()
+        X = _as_2d(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} columns; the model was fitted on {self.n_features_in_}")
+        return ex.evaluate(self.best_tree_, X)
+
+    def to_sympy(self):
+        """The best expression as a sympy expression."""
+        self._require_fitted()
+        return ex.to_sympy(self.best_tree_)
+
+    def summary(self) -> dict:
+        """A JSON-ready summary of the fit."""
+        self._require_fitted()
+        return {
+            "expression": self.best_expression_,
+            "simplified": ex.simplified_string(self.best_tree_),
+            "mse": self.best_mse_,
+            "fitness": self.best_fitness_,
+            "size": len(self.best_tree_),
+            "generations": self.n_generations_,
+            "evaluations": self.n_evaluations_,
+            "unique_evaluations": len(self._fitness_cache),
+            "seconds": self.fit_time_,
+            "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()},
+        }
+
+
+def _as_2d(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    return X[:, None] if X.ndim == 1 else X
+
+
+def _check_data(X, y) -> tuple[np.ndarray, np.ndarray]:
+    X = _as_2d(X)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has shape {X.shape} but y has {y.shape[0]} values")
+    if X.shape[0] < 2:
+        raise ValueError("need at least 2 data points")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise ValueError("X and y must be finite (no NaN or inf)")
+    return X, y
+
+
+# ----------------------------------------------------------------------
+# Command line
+
+
+def _parse_constants(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"constants must be comma-separated numbers, got {text!r}")
+
+
+def _parse_operators(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Fit a formula with BasicSR, on a benchmark problem or your own CSV.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--problem", help="benchmark problem name (see --list_problems)")
+    source.add_argument("--data", help="CSV with columns x0..xk then y; a header row is optional")
+    source.add_argument("--list_problems", action="store_true", help="list the benchmark problems and exit")
+    parser.add_argument("--n_points", type=int, default=None, help="points sampled for --problem (default: the problem's 50)")
+    parser.add_argument("--data_seed", type=int, default=0, help="seed for sampling the problem's points")
+    defaults = {n: p.default for n, p in inspect.signature(BasicSR.__init__).parameters.items() if n != "self"}
+    parser.add_argument("--population_size", type=int, default=defaults["population_size"], help="individuals per generation")
+    parser.add_argument("--num_generations", type=int, default=defaults["num_generations"], help="generations to evolve")
+    parser.add_argument("--max_depth", type=int, default=defaults["max_depth"], help="maximum tree depth (a leaf is depth 0)")
+    parser.add_argument("--max_size", type=int, default=defaults["max_size"], help="maximum number of nodes")
+    parser.add_argument("--tournament_size", type=int, default=defaults["tournament_size"], help="contestants per tournament")
+    parser.add_argument("--tournament_p", type=float, default=defaults["tournament_p"], help="PySR-style pick probability of the best contestant (1 = always)")
+    parser.add_argument("--crossover_prob", type=float, default=defaults["crossover_prob"], help="probability of crossover (else mutation)")
+    parser.add_argument("--constants", type=_parse_constants, default="1.0", help="comma-separated constants ('' for none)")
+    parser.add_argument("--binary_operators", type=_parse_operators, default="+,-,*,/", help="comma-separated binary operators")
+    parser.add_argument("--unary_operators", type=_parse_operators, default="", help="comma-separated unary operators, e.g. sin,cos,exp,log,sqrt,abs")
+    parser.add_argument("--complexity_penalty", type=float, default=defaults["complexity_penalty"], help="fitness = -MSE - penalty * size")
+    parser.add_argument("--early_stop_threshold", type=float, default=defaults["early_stop_threshold"], help="stop when the best MSE is at most this")
+    parser.add_argument("--time_limit", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
+    parser.add_argument("--quiet", action="store_true", help="no per-generation progress")
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH")
+    return parser
+
+
+def main(argv=None) -> int:
+    import problems  # CLI only: the estimator itself needs no benchmark table
+    from csv_data import CSVDataError, load_csv
+
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if args.list_problems:
+        problems.main([])
+        return 0
+    try:
+        if args.data:
+            X, y = load_csv(args.data)
+            problem = None
+        else:
+            problem = problems.get_problem(args.problem or "pythagorean_3d")
+            X, y = problem.sample(seed=args.data_seed, n_points=args.n_points)
+    except (problems.UnknownProblemError, CSVDataError) as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    params = {name: getattr(args, name) for name in BasicSR._param_names() if hasattr(args, name)}
+    params["verbose"] = not args.quiet
+    try:
+        model = BasicSR(**params)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model.fit(X, y)
+    summary = model.summary()
+    if problem is not None:
+        summary["problem"] = problem.name
+        summary["solved"] = problems.is_solved(model, problem)
+    _print_summary(summary)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(summary, handle, indent=2)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print("-" * 60)
+    if "problem" in summary:
+        print(f"problem     {summary['problem']}  solved: {summary['solved']}")
+    print(f"expression  {summary['expression']}")
+    print(f"simplified  {summary['simplified']}")
+    print(f"mse         {summary['mse']:.3e}   size {summary['size']}")
+    print(
+        f"generations {summary['generations']}   evaluations {summary['evaluations']}"
+        f"   seconds {summary['seconds']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Expression trees as flat prefix tuples: printing, evaluation, export.
+
+An expression is a tuple of tokens in prefix (Polish) order:
+
+    ("+", "*", "x0", "x0", 1.0)   is   ((x0 * x0) + 1.0)
+
+Tokens are operator symbols from `operators.OPERATORS` (str), variables
+`"x0".."xN"` (str) and constants (Python float). The flat form is what makes
+the evolutionary loop fast: a node is an index, a subtree is a slice, crossover
+is tuple concatenation, and a tuple is hashable, so fitnesses can be cached by
+expression.
+
+Printing is fully parenthesised with single spaces, constants as Python floats
+(`1.0`, `-2.5`, `1e-05`); `expression_parser.parse` reads it back exactly.
+Size is the node count; depth counts edges (a lone leaf has depth 0).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import sympy
+
+from operators import BINARY_OPERATORS, DIVISION_GUARD, OPERATORS, UNARY_OPERATORS
+
+Expression = tuple  # tuple[str | float, ...] in prefix order
+
+# Predictions with a magnitude above this mark an individual invalid.
+HUGE = 1e10
+
+_ARITY = {symbol: op.arity for symbol, op in OPERATORS.items()}
+_BINARY_FUNCTIONS = {symbol: op.function for symbol, op in BINARY_OPERATORS.items()}
+_UNARY_FUNCTIONS = {symbol: op.function for symbol, op in UNARY_OPERATORS.items()}
+
+
+def arity(token) -> int:
+    """Number of children of a token (0 for variables and constants)."""
+    return _ARITY.get(token, 0)
+
+
+def is_variable(token) -> bool:
+    return token.__class__ is str and token not in _ARITY
+
+
+def variable_index(token: str) -> int:
+    """The column index of a variable token: 'x3' -> 3."""
+    return int(token[1:])
+
+
+def subtree_end(expression: Expression, start: int) -> int:
+    """Index one past the subtree rooted at `start`."""
+    need = 1
+    position = start
+    arities = _ARITY
+    while need:
+        token = expression[position]
+        need += arities.get(token, 0) - 1
+        position += 1
+    return position
+
+
+def size(expression: Expression) -> int:
+    """Node count."""
+    return len(expression)
+
+
+def depth(expression: Expression) -> int:
+    """Longest root-to-leaf path in edges; a single leaf has depth 0."""
+    # Each pending child slot carries its depth; a token fills the last slot.
+    pending = [0]
+    pop = pending.pop
+    push = pending.append
+    arities = _ARITY
+    deepest = 0
+    for token in expression:
+        level = pop()
+        if level > deepest:
+            deepest = level
+        children = arities.get(token, 0)
+        if children:
+            level += 1
+            push(level)
+            if children == 2:
+                push(level)
+    return deepest
+
+
+def node_depths(expression: Expression) -> list[int]:
+    """Depth of every node, in prefix order."""
+    depths = []
+    open_slots: list[int] = []
+    for token in expression:
+        depths.append(len(open_slots))
+        if open_slots:
+            open_slots[-1] -= 1
+        children = arity(token)
+        if children:
+            open_slots.append(children)
+        while open_slots and open_slots[-1] == 0:
+            open_slots.pop()
+    return depths
+
+
+def is_well_formed(expression: Sequence) -> bool:
+    """True if the tokens form exactly one complete tree of known tokens."""
+    need = 1
+    for token in expression:
+        if need == 0:
+            return False
+        if token.__class__ is float:
+            if not math.isfinite(token):
+                return False
+        elif token.__class__ is not str or not (token in _ARITY or _is_variable_name(token)):
+            return False
+        need += arity(token) - 1
+    return need == 0 and len(expression) > 0
+
+
+def _is_variable_name(token: str) -> bool:
+    digits = token[1:]
+    return len(token) > 1 and token[0] == "x" and digits.isascii() and digits.isdigit() and (
+        token == "x0" or token[1] != "0"
+    )
+
+
+def format_constant(value: float) -> str:
+    """Constants print as Python floats: 1.0, -2.5, 1e-05."""
+    return repr(float(value))
+
+
+def to_string(expression: Expression) -> str:
+    """Fully parenthesised infix text, e.g. '((x0 * x0) + 1.0)'."""
+    stack: list[str] = []
+    for token in reversed(expression):
+        if token.__class__ is float:
+            stack.append(format_constant(token))
+        elif token in BINARY_OPERATORS:
+            left = stack.pop()
+            right = stack.pop()
+            stack.append(f"({left} {token} {right})")
+        elif token in UNARY_OPERATORS:
+            stack.append(f"{token}({stack.pop()})")
+        else:
+            stack.append(token)
+    return stack[0]
+
+
+def variables_used(expression: Expression) -> set[str]:
+    return {token for token in expression if is_variable(token)}
+
+
+def n_variables_needed(expression: Expression) -> int:
+    """1 + the highest variable index used (0 when no variable appears)."""
+    indices = [variable_index(t) for t in expression if is_variable(t)]
+    return max(indices) + 1 if indices else 0
+
+
+# --------------------------------------------------------------------------
+# Evaluation
+
+
+def _divide(numerator, denominator):
+    # Fast path for constant denominators; arrays go through the registry's
+    # protected division.
+    if denominator.__class__ is float:
+        if -DIVISION_GUARD < denominator < DIVISION_GUARD:
+            denominator = math.copysign(DIVISION_GUARD, denominator)
+        return numerator / denominator
+    return _BINARY_FUNCTIONS["/"](numerator, denominator)
+
+
+_FAST_BINARY = {**_BINARY_FUNCTIONS, "/": _divide}
+
+
+class Evaluator:
+    """Evaluates expressions on fixed data X (n_points x n_vars), vectorised."""
+
+    def __init__(self, X: np.ndarray):
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        self.n_points, self.n_vars = X.shape
+        self._leaves = {f"x{i}": np.ascontiguousarray(X[:, i]) for i in range(self.n_vars)}
+
+    def raw(self, expression: Expression):
+        """Evaluate assuming numpy warnings are silenced by the caller.
+
+        Returns an array of n_points values or a scalar for constant
+        expressions. Raises KeyError for a variable beyond X's columns.
+        """
+        stack: list = []
+        push = stack.append
+        pop = stack.pop
+        leaves = self._leaves
+        binary = _FAST_BINARY
+        for token in reversed(expression):
+            leaf = leaves.get(token)
+            if leaf is not None:
+                push(leaf)
+            elif token.__class__ is float:
+                push(token)
+            else:
+                function = binary.get(token)
+                if function is not None:
+                    left = pop()
+                    push(function(left, pop()))
+                else:
+                    push(_UNARY_FUNCTIONS[token](pop()))
+        return stack[0]
+
+    def __call__(self, expression: Expression) -> np.ndarray:
+        """Predictions as a float64 array; never raises (NaN where undefined)."""
+        with np.errstate(all="ignore"):
+            try:
+                values = self.raw(expression)
+            except (KeyError, IndexError, TypeError, AttributeError):
+                return np.full(self.n_points, np.nan)
+            return np.broadcast_to(np.asarray(values, dtype=np.float64), (self.n_points,)).copy()
+
+
+def evaluate(expression: Expression, X: np.ndarray) -> np.ndarray:
+    """Evaluate on the rows of X; never raises (NaN marks undefined points)."""
+    return Evaluator(X)(expression)
+
+
+def is_valid_prediction(values: np.ndarray) -> bool:
+    """All finite and not huge."""
+    with np.errstate(all="ignore"):
+        return bool(np.all(np.abs(values) <= HUGE))  # False for NaN and inf too
+
+
+# --------------------------------------------------------------------------
+# Export
+
+
+def _sympy_constant(value: float):
+    return sympy.Integer(int(value)) if value.is_integer() and abs(value) < 1e15 else sympy.Float(value)
+
+
+def to_sympy(expression: Expression):
+    """A sympy expression with symbols x0..xN (log/sqrt of Abs, like evaluation)."""
+    stack: list = []
+    for token in reversed(expression):
+        if token.__class__ is float:
+            stack.append(_sympy_constant(token))
+        elif token in OPERATORS:
+            operands = [stack.pop() for _ in range(OPERATORS[token].arity)]
+            stack.append(OPERATORS[token].to_sympy(*operands))
+        else:
+            stack.append(sympy.Symbol(token, real=True))
+    return stack[0]
+
+
+def simplified_string(expression: Expression, timeout_nodes: int = 60) -> str:
+    """A sympy-simplified form for display (the raw text when too large)."""
+    if len(expression) > timeout_nodes:
+        return to_string(expression)
+    try:
+        return str(sympy.simplify(to_sympy(expression)))
+    except Exception:  # sympy can fail on exotic trees; display only
+        return to_string(expression)
+
+
+# --------------------------------------------------------------------------
+# Random generation
+
+
+def random_leaf(stream, variables: Sequence[str], constants: Sequence[float], variable_prob: float = 0.7):
+    """A variable with probability `variable_prob` (always without constants), else a constant."""
+    if not constants or stream.random() < variable_prob:
+        return stream.choice(variables)
+    return stream.choice(constants)
+
+
+def random_tree(
+    stream,
+    variables: Sequence[str],
+    constants: Sequence[float],
+    operators: Sequence[str],
+    max_depth: int,
+    leaf_prob: float = 0.3,
+    variable_prob: float = 0.7,
+) -> Expression:
+    """Grow a random tree: a node becomes a leaf at max_depth or with prob leaf_prob."""
+    tokens: list = []
+
+    def grow(level: int) -> None:
+        if level >= max_depth or stream.random() < leaf_prob:
+            tokens.append(random_leaf(stream, variables, constants, variable_prob))
+            return
+        symbol = stream.choice(operators)
+        tokens.append(symbol)
+        for _ in range(_ARITY[symbol]):
+            grow(level + 1)
+
+    grow(0)
+    return tuple(tokens)
