@@ -108,11 +108,18 @@ class BasicSR:
     def set_params(self, **params) -> "BasicSR":
         """Set constructor parameters; unknown names raise ValueError."""
         valid = set(self._param_names())
-        for name, value in params.items():
+        for name in params:
             if name not in valid:
                 raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
+        previous = self.get_params()
+        for name, value in params.items():
             setattr(self, name, value)
-        self._validate_params()
+        try:
+            self._validate_params()
+        except ValueError:
+            for name, value in previous.items():  # leave the estimator as it was
+                setattr(self, name, value)
+            raise
         return self
 
     def __repr__(self) -> str:
@@ -305,13 +312,21 @@ class BasicSR:
         With tournament_p < 1 (PySR style) the k-th best contestant wins with
         probability p (1 - p)^k, the last one taking the remaining mass.
         """
-        contestants = self._stream.sample_distinct(len(fitnesses), self.tournament_size)
         if self.tournament_p >= 1.0:
-            best = contestants[0]
-            for contestant in contestants[1:]:
-                if fitnesses[contestant] > fitnesses[best]:
-                    best = contestant
+            # Inline form of sample_distinct + max (same draws): this is the hottest loop.
+            random = self._stream.random
+            n = len(fitnesses)
+            best = int(random() * n)
+            drawn = [best]
+            for _ in range(self.tournament_size - 1):
+                index = int(random() * n)
+                while index in drawn:
+                    index = int(random() * n)
+                drawn.append(index)
+                if fitnesses[index] > fitnesses[best]:
+                    best = index
             return best
+        contestants = self._stream.sample_distinct(len(fitnesses), self.tournament_size)
         ranked = sorted(contestants, key=lambda index: -fitnesses[index])
         for contestant in ranked[:-1]:
             if self._stream.random() < self.tournament_p:
@@ -536,7 +551,7 @@ def main(argv=None) -> int:
             problem = problems.get_problem(args.problem or "pythagorean_3d")
             X, y = problem.sample(seed=args.data_seed, n_points=args.n_points)
     except (problems.UnknownProblemError, CSVDataError) as error:
-        print(f"error: {error.args[0]}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     params = {name: getattr(args, name) for name in BasicSR._param_names() if hasattr(args, name)}
     params["verbose"] = not args.quiet

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     try:
         names = problems.resolve_problems(args.problems)
     except problems.UnknownProblemError as error:
-        print(f"error: {error.args[0]}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"BasicSR, population {args.population_size}, up to {args.num_generations} generations, seed {args.seed}\n")
     print(format_rows(run_demo([p.name for p in names], args.population_size, args.num_generations, args.seed)))

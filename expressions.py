@@ -166,7 +166,7 @@ def _divide(numerator, denominator):
     # protected division.
     if denominator.__class__ is float:
         if -DIVISION_GUARD < denominator < DIVISION_GUARD:
-            denominator = math.copysign(DIVISION_GUARD, denominator)
+            denominator = -DIVISION_GUARD if denominator < 0 else DIVISION_GUARD
         return numerator / denominator
     return _BINARY_FUNCTIONS["/"](numerator, denominator)
 

@@ -66,7 +66,7 @@ def _sse_batch(codes, starts, constants, columns, y, stack, out):
                     for i in range(n_points):
                         d = right[i]
                         if abs(d) < DIVISION_GUARD:
-                            d = math.copysign(DIVISION_GUARD, d)
+                            d = -DIVISION_GUARD if d < 0 else DIVISION_GUARD
                         right[i] = left[i] / d
                 top -= 1
             else:
@@ -137,13 +137,18 @@ class BatchScorer:
         codes: list[int] = []
         starts = [0]
         invalid = []
+        longest = 0
+        code_of = self._codes
         for index, tree in enumerate(trees):
             try:
-                codes.extend([self._codes[token] if token in self._codes else self._code(token) for token in tree])
-            except KeyError:
-                invalid.append(index)
+                codes += [code_of[token] for token in tree]
+            except KeyError:  # a new constant (registered here) or an unknown token
+                try:
+                    codes += [self._code(token) for token in tree]
+                except KeyError:
+                    invalid.append(index)
             starts.append(len(codes))
-        longest = max(b - a for a, b in zip(starts, starts[1:])) if trees else 0
+            longest = max(longest, len(tree))
         if longest > self._stack.shape[0]:
             self._stack = np.empty((longest, len(self.y)))
         out = np.empty(len(trees))

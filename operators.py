@@ -7,7 +7,10 @@ everywhere; nothing else lists operators.
 
 Protected semantics (so evaluation never raises and never depends on numpy
 warnings):
-- division: a denominator with |d| < 1e-10 is replaced by 1e-10 with d's sign;
+- division: a denominator with |d| < 1e-10 is replaced by 1e-10 with d's sign,
+  where an exact zero counts as positive whatever its sign bit (so an
+  expression's value never depends on -0.0 versus 0.0, and equal token tuples
+  always mean equal values);
 - exp: the input is clipped to [-EXP_CLIP, EXP_CLIP];
 - log and sqrt: applied to |x| (log(0) is -inf, which marks the individual
   invalid downstream).
@@ -33,7 +36,8 @@ def protected_divide(numerator, denominator):
     denominator = np.asarray(denominator, dtype=np.float64)
     small = np.abs(denominator) < DIVISION_GUARD
     if small.any():
-        denominator = np.where(small, np.copysign(DIVISION_GUARD, denominator), denominator)
+        guard = np.where(denominator < 0, -DIVISION_GUARD, DIVISION_GUARD)
+        denominator = np.where(small, guard, denominator)
     return np.divide(numerator, denominator)
 
 
@@ -93,7 +97,10 @@ ALIASES: dict[str, str] = {alias: op.symbol for op in OPERATORS.values() for ali
 DEFAULT_BINARY_OPERATORS: tuple[str, ...] = ("+", "-", "*", "/")
 DEFAULT_UNARY_OPERATORS: tuple[str, ...] = ()
 
-# Named operator sets used by the data pipeline (`--operator_set arith|full`).
+# Named operator sets used by the data pipeline (`--operator_set arith|full`):
+# "arith" means arithmetic only (no unary functions), "full" adds every unary.
+# File names use the same words (`arith_1k_c05_...`): an expressions file made
+# with the default `+,-,*` is "arith" too.
 OPERATOR_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "arith": (DEFAULT_BINARY_OPERATORS, ()),
     "full": (DEFAULT_BINARY_OPERATORS, tuple(UNARY_OPERATORS)),

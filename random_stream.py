@@ -36,9 +36,9 @@ def make_generator(seed: int | None, *item_ids: int) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, *item_ids))
 
 
-def _uniform_floats(generator: np.random.Generator):
+def _uniform_floats(generator: np.random.Generator, block_size: int):
     while True:
-        yield from generator.random(_BLOCK).tolist()
+        yield from generator.random(block_size).tolist()
 
 
 class RandomStream:
@@ -46,10 +46,11 @@ class RandomStream:
 
     __slots__ = ("generator", "random")
 
-    def __init__(self, generator: np.random.Generator):
+    def __init__(self, generator: np.random.Generator, block_size: int = _BLOCK):
         self.generator = generator
         # `random()` returns a float uniform in [0, 1): the next value of the stream.
-        self.random = _uniform_floats(generator).__next__
+        # The values do not depend on block_size; a short-lived stream wants a small one.
+        self.random = _uniform_floats(generator, block_size).__next__
 
     def below(self, n: int) -> int:
         """An int uniform in [0, n)."""

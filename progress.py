@@ -1,0 +1,104 @@
+"""A tiny progress bar with ETA for long-running scripts.
+
+    with Progress(total=1000, desc="expressions") as bar:
+        for ...:
+            bar.update(1)
+
+prints ``expressions: 40% 400/1000 [00:02<00:03, 180.0/s]`` on stderr. On a
+terminal the line is redrawn in place at most `refresh_per_second` times a
+second; when the stream is not a terminal (a log file, a pipe, pytest) nothing
+is printed until `close()`, which writes the final line once, so logs get one
+line instead of thousands of carriage returns. `disable=True` prints nothing
+at all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def format_seconds(seconds: float) -> str:
+    """mm:ss, or h:mm:ss from one hour on; '?' when unknown."""
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or inf
+        return "?"
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes:02d}:{seconds:02d}"
+
+
+class Progress:
+    """Counts work done out of `total` and shows percentage, rate and ETA."""
+
+    def __init__(self, total: int | None, desc: str = "", *, disable: bool = False,
+                 stream=None, refresh_per_second: float = 5.0, clock=time.monotonic):
+        self.total = total
+        self.desc = desc
+        self.count = 0
+        self.disable = disable
+        self.stream = sys.stderr if stream is None else stream
+        self.interactive = not disable and _is_terminal(self.stream)
+        self.interval = 1.0 / refresh_per_second
+        self.clock = clock
+        self.start = clock()
+        self.last_draw = -float("inf")
+        self.drawn_width = 0  # of the line on the terminal, to blank leftovers of a longer one
+        self.closed = False
+
+    def update(self, n: int = 1) -> None:
+        """Record `n` more units of work; redraw if the terminal line is stale."""
+        self.count += n
+        if self.interactive:
+            now = self.clock()
+            if now - self.last_draw >= self.interval:
+                self.last_draw = now
+                self._redraw(self.line(now), end="")
+
+    def line(self, now: float | None = None) -> str:
+        """The current status text, e.g. 'desc: 40% 400/1000 [00:02<00:03, 180.0/s]'."""
+        elapsed = (self.clock() if now is None else now) - self.start
+        rate = self.count / elapsed if elapsed > 0 else float("nan")
+        prefix = f"{self.desc}: " if self.desc else ""
+        if self.total:
+            percent = 100.0 * self.count / self.total
+            remaining = (self.total - self.count) / rate if rate > 0 else float("nan")
+            return (f"{prefix}{percent:.0f}% {self.count}/{self.total} "
+                    f"[{format_seconds(elapsed)}<{format_seconds(remaining)}, {_rate(rate)}]")
+        return f"{prefix}{self.count} [{format_seconds(elapsed)}, {_rate(rate)}]"
+
+    def close(self) -> None:
+        """Print the final line (once) and end it with a newline."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.interactive:
+            self._redraw(self.line(), end="\n")
+        elif not self.disable:
+            self._write(self.line() + "\n")
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _redraw(self, text: str, end: str) -> None:
+        padding = " " * max(0, self.drawn_width - len(text))
+        self.drawn_width = len(text)
+        self._write("\r" + text + padding + end)
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def _rate(rate: float) -> str:
+    return f"{rate:.1f}/s" if rate == rate else "?/s"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
