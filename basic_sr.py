@@ -25,7 +25,11 @@ import json
 import math
 import sys
 import time
-from typing import Sequence
+from bisect import bisect_right
+from functools import lru_cache
+from itertools import accumulate
+from math import comb
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -36,12 +40,16 @@ from random_stream import RandomStream, make_generator
 from trajectory import TrajectoryRecorder
 
 # Mutation kinds and their relative weights: the only list of mutation kinds.
+# Subtree-heavy weights measured best on the harder tier (docs/LOG.md).
 MUTATION_WEIGHTS: dict[str, float] = {
-    "point": 0.35,  # swap an operator for one of equal arity, or a leaf for another leaf
-    "subtree": 0.25,  # replace a node by a leaf or a small random subtree
-    "insert": 0.2,  # wrap a node in a new operator
-    "delete": 0.2,  # replace an operator node by one of its children
+    "point": 0.25,  # swap an operator for one of equal arity, or a leaf for another leaf
+    "subtree": 0.45,  # replace a node by a leaf or a small random subtree
+    "insert": 0.15,  # wrap a node in a new operator
+    "delete": 0.15,  # replace an operator node by one of its children
 }
+# Crossover points are operator nodes with this probability (Koza's 90%), else
+# any node: swapping leaves rarely changes much.
+CROSSOVER_INTERNAL_PROB = 0.9
 SUBTREE_MUTATION_DEPTH = 2
 INIT_TREE_DEPTH = 4  # random initial trees are grown at most this deep (and max_depth)
 MAX_REDRAWS = 100  # attempts before a child falls back to a copy of its parent
@@ -51,6 +59,22 @@ DUPLICATE_REDRAWS = 5  # attempts to avoid a child already in the new population
 # measured on the harder tier (20 seeds): 88 of 100 runs solved versus 85 without.
 STAGNATION_LIMIT = 150
 INVALID_FITNESS = -math.inf
+
+
+@lru_cache(maxsize=64)
+def tournament_rank_cdf(n: int, k: int, p: float = 1.0) -> list[float]:
+    """Cumulative probability that a tournament's winner has rank <= r (0 = best of n).
+
+    The j-th best of k distinct uniform picks has rank r with probability
+    C(r, j) C(n-1-r, k-1-j) / C(n, k); it wins with probability p (1-p)^j, the
+    last contestant taking the remaining mass (p = 1: always the best).
+    """
+    wins = [p * (1 - p) ** j for j in range(k - 1)] + [(1 - p) ** (k - 1)]
+    total = comb(n, k)
+    rank_probabilities = [
+        sum(w * comb(r, j) * comb(n - 1 - r, k - 1 - j) for j, w in enumerate(wins)) / total for r in range(n)
+    ]
+    return list(accumulate(rank_probabilities))
 
 
 class BasicSR:
@@ -69,7 +93,7 @@ class BasicSR:
         binary_operators: Sequence[str] = ("+", "-", "*", "/"),
         unary_operators: Sequence[str] = (),
         complexity_penalty: float = 0.01,
-        early_stop_threshold: float = 3e-16,
+        early_stop_threshold: float | None = 3e-16,
         time_limit: float | None = None,
         seed: int | None = None,
         collect_trajectory: bool = False,
@@ -145,7 +169,11 @@ class BasicSR:
         require(0 < self.tournament_p <= 1, "tournament_p", "in (0, 1]")
         require(0 <= self.crossover_prob <= 1, "crossover_prob", "in [0, 1]")
         require(self.complexity_penalty >= 0, "complexity_penalty", ">= 0")
-        require(self.early_stop_threshold >= 0, "early_stop_threshold", ">= 0")
+        require(
+            self.early_stop_threshold is None or self.early_stop_threshold >= 0,
+            "early_stop_threshold",
+            "None (never stop early) or >= 0",
+        )
         require(self.time_limit is None or self.time_limit > 0, "time_limit", "None or > 0")
         require(
             all(isinstance(c, (int, float)) and math.isfinite(c) for c in self.constants),
@@ -222,7 +250,9 @@ class BasicSR:
             print(f"gen {generation:5d}  best mse {self.best_mse_:.3e}  {self.best_expression_}", flush=True)
 
     def _should_stop(self, generation: int, start: float) -> bool:
-        if self.best_mse_ <= self.early_stop_threshold or generation >= self.num_generations:
+        if generation >= self.num_generations:
+            return True
+        if self.early_stop_threshold is not None and self.best_mse_ <= self.early_stop_threshold:
             return True
         return self.time_limit is not None and time.perf_counter() - start >= self.time_limit
 
@@ -259,7 +289,7 @@ class BasicSR:
         elite = int(np.argmax(fitnesses))
         if self.restart_due(generation):
             return self.restart_population(population[elite], elite, generation)
-        fitness_list = fitnesses.tolist()
+        select = self.make_selector(fitnesses.tolist())
         children = [population[elite]]
         parents: list[tuple[int, ...]] = [(elite,)]
         origins = ["elite"]
@@ -267,7 +297,7 @@ class BasicSR:
         for _ in range(len(population) - 1):
             # Duplicates waste an evaluation and shrink diversity: redraw a few times.
             for _ in range(DUPLICATE_REDRAWS):
-                child, child_parents, origin = self.generate_child_via_evolution(population, fitness_list)
+                child, child_parents, origin = self.generate_child_via_evolution(population, [], select)
                 if child not in seen:
                     break
             seen.add(child)
@@ -289,13 +319,20 @@ class BasicSR:
         return children, parents, ["elite"] + ["restart"] * len(fresh)
 
     def generate_child_via_evolution(
-        self, population: list[tuple], fitnesses: list[float]
+        self, population: list[tuple], fitnesses: list[float], select: Callable[[], int] | None = None
     ) -> tuple[tuple, tuple[int, ...], str]:
-        """One child by tournament selection and crossover or mutation, within the limits."""
+        """One child by tournament selection and crossover or mutation, within the limits.
+
+        `select` (from `make_selector(fitnesses)`) saves re-ranking the
+        population for every child of a generation.
+        """
+        if select is None:
+            select = self.make_selector(fitnesses)
+        random = self._stream.random
         for _ in range(MAX_REDRAWS):
-            first = self.tournament(fitnesses)
-            if self._stream.random() < self.crossover_prob:
-                second = self.tournament(fitnesses)
+            first = select()
+            if random() < self.crossover_prob:
+                second = select()
                 child = self.crossover(population[first], population[second])
                 child_parents, origin = (first, second), "crossover"
             else:
@@ -306,39 +343,55 @@ class BasicSR:
                 return child, child_parents, origin
         return population[first], (first,), "copy"
 
-    def tournament(self, fitnesses: list[float]) -> int:
-        """Index of a tournament winner among `tournament_size` distinct individuals.
+    def make_selector(self, fitnesses: list[float]) -> Callable[[], int]:
+        """A function drawing tournament winners (indices) for one generation.
 
-        With tournament_p < 1 (PySR style) the k-th best contestant wins with
-        probability p (1 - p)^k, the last one taking the remaining mass.
+        A tournament of k distinct contestants among n is drawn in one step:
+        the winner's rank follows `tournament_rank_cdf`, the exact
+        distribution of the best (or, with tournament_p < 1, the PySR-style
+        k-th best) of k distinct uniform picks. Equal fitnesses are ranked in
+        random order, so a tie goes to a uniformly chosen contestant (duplicates
+        are common; always favouring one slot, e.g. the elite's, costs diversity).
         """
-        if self.tournament_p >= 1.0:
-            # Inline form of sample_distinct + max (same draws): this is the hottest loop.
-            random = self._stream.random
-            n = len(fitnesses)
-            best = int(random() * n)
-            drawn = [best]
-            for _ in range(self.tournament_size - 1):
-                index = int(random() * n)
-                while index in drawn:
-                    index = int(random() * n)
-                drawn.append(index)
-                if fitnesses[index] > fitnesses[best]:
-                    best = index
-            return best
-        contestants = self._stream.sample_distinct(len(fitnesses), self.tournament_size)
-        ranked = sorted(contestants, key=lambda index: -fitnesses[index])
-        for contestant in ranked[:-1]:
-            if self._stream.random() < self.tournament_p:
-                return contestant
-        return ranked[-1]
+        random = self._stream.random
+        tie_breaks = [random() for _ in fitnesses]
+        order = sorted(range(len(fitnesses)), key=lambda i: (fitnesses[i], tie_breaks[i]), reverse=True)
+        cdf = tournament_rank_cdf(len(fitnesses), self.tournament_size, float(self.tournament_p))
+        last = len(order) - 1
+
+        def select() -> int:
+            return order[min(bisect_right(cdf, random()), last)]
+
+        return select
+
+    def tournament(self, fitnesses: list[float]) -> int:
+        """Index of one tournament winner (see `make_selector`)."""
+        return self.make_selector(list(fitnesses))()
 
     def crossover(self, first: tuple, second: tuple) -> tuple:
         """Copy `first` with a random node replaced by a random subtree of `second`."""
-        start = self._stream.below(len(first))
-        donor_start = self._stream.below(len(second))
+        start = self._crossover_point(first)
+        donor_start = self._crossover_point(second)
         donor = second[donor_start : ex.subtree_end(second, donor_start)]
         return first[:start] + donor + first[ex.subtree_end(first, start) :]
+
+    def _crossover_point(self, tree: tuple) -> int:
+        if len(tree) > 1 and self._stream.random() < CROSSOVER_INTERNAL_PROB:
+            return self._random_operator_position(tree)
+        return self._stream.below(len(tree))
+
+    def _random_operator_position(self, tree: tuple) -> int:
+        """A uniformly chosen operator node of a tree that has one.
+
+        Rejection sampling: about two draws for our trees, cheaper than
+        listing the operator positions.
+        """
+        random = self._stream.random
+        size = len(tree)
+        while True:
+            position = int(random() * size)
+            if ex.arity(tree[position]):
+                return position
 
     def _pick_mutation_kind(self) -> str:
         draw = self._stream.random()
@@ -390,10 +443,9 @@ class BasicSR:
 
     def _delete_node(self, tree: tuple) -> tuple:
         """Replace a random operator node by one of its children (a point mutation on a lone leaf)."""
-        operator_positions = [i for i, token in enumerate(tree) if ex.arity(token)]
-        if not operator_positions:
+        if len(tree) == 1:
             return self.mutate(tree, "point")
-        start = self._stream.choice(operator_positions)
+        start = self._random_operator_position(tree)
         child_start = start + 1
         if ex.arity(tree[start]) == 2 and self._stream.random() < 0.5:
             child_start = ex.subtree_end(tree, start + 1)
@@ -499,6 +551,15 @@ def _parse_constants(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"constants must be comma-separated numbers, got {text!r}")
 
 
+def _parse_threshold(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}")
+
+
 def _parse_operators(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -526,7 +587,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--binary_operators", type=_parse_operators, default="+,-,*,/", help="comma-separated binary operators")
     parser.add_argument("--unary_operators", type=_parse_operators, default="", help="comma-separated unary operators, e.g. sin,cos,exp,log,sqrt,abs")
     parser.add_argument("--complexity_penalty", type=float, default=defaults["complexity_penalty"], help="fitness = -MSE - penalty * size")
-    parser.add_argument("--early_stop_threshold", type=float, default=defaults["early_stop_threshold"], help="stop when the best MSE is at most this")
+    parser.add_argument("--early_stop_threshold", type=_parse_threshold, default=defaults["early_stop_threshold"], help="stop when the best MSE is at most this ('none': never stop early)")
     parser.add_argument("--time_limit", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh entropy)")
     parser.add_argument("--quiet", action="store_true", help="no per-generation progress")

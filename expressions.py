@@ -40,6 +40,12 @@ def arity(token) -> int:
     return _ARITY.get(token, 0)
 
 
+def operator_positions(expression: Expression) -> list[int]:
+    """Indices of the operator (non-leaf) nodes."""
+    arities = _ARITY
+    return [i for i, token in enumerate(expression) if token in arities]
+
+
 def is_variable(token) -> bool:
     return token.__class__ is str and token not in _ARITY
 
@@ -223,6 +229,22 @@ class Evaluator:
 def evaluate(expression: Expression, X: np.ndarray) -> np.ndarray:
     """Evaluate on the rows of X; never raises (NaN marks undefined points)."""
     return Evaluator(X)(expression)
+
+
+def division_guard_mask(expression: Expression, X: np.ndarray) -> np.ndarray:
+    """True at the points where some division's denominator has |d| < 1e-10.
+
+    There the protected division replaces the denominator, so the value is an
+    artefact of the guard rather than of the formula (e.g. x0 / (x1 - x1)).
+    """
+    evaluator = Evaluator(X)
+    guarded = np.zeros(evaluator.n_points, dtype=bool)
+    for position, token in enumerate(expression):
+        if token == "/":
+            start = subtree_end(expression, position + 1)
+            denominator = evaluator(expression[start : subtree_end(expression, start)])
+            guarded |= np.abs(denominator) < DIVISION_GUARD
+    return guarded
 
 
 def is_valid_prediction(values: np.ndarray) -> bool:

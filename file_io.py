@@ -469,3 +469,11 @@ def _parse_json_line(path, number: int, line: str) -> dict:
     if not isinstance(row, dict):
         raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
     return row
+
+
+def format_count(count: int) -> str:
+    """Counts in data file names: 50, 1k, 2.5k, 10k, 1M; 1234 stays 1234."""
+    for size, suffix in ((1_000_000, "M"), (1000, "k")):
+        if count >= size and (count * 10) % size == 0:
+            return f"{count / size:g}{suffix}"
+    return str(count)

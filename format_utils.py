@@ -75,6 +75,7 @@ import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -135,7 +136,16 @@ def expression_to_model_text(expression) -> str:
     """A prefix tuple (or any text `parse` reads) as model text: the printed form without spaces."""
     if isinstance(expression, str):
         expression = parse(expression)
-    return ex.to_string(expression).replace(" ", "")
+    return _tree_model_text(expression)
+
+
+# Conversions print every individual of every generation, and the same trees
+# recur across generations (the elite, parents, duplicates): memoise. (A -0.0
+# constant may print as 0.0 when an equal tree was seen first; the two are
+# the same value everywhere, see operators.py.)
+@lru_cache(maxsize=1 << 18)
+def _tree_model_text(tree: tuple) -> str:
+    return ex.to_string(tree).replace(" ", "")
 
 
 def model_text_to_expression(text: str) -> tuple:
@@ -169,6 +179,7 @@ def format_number(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
     return ("-" if value < 0 else "") + body
 
 
+@lru_cache(maxsize=1 << 16)
 def format_fitness(value: float) -> str:
     """A fitness as model text: float32-rounded, 3 significant digits; `<INVALID>` when not finite."""
     with np.errstate(over="ignore"):  # beyond float32 is -inf, as a stored trace has it

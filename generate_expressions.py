@@ -37,7 +37,10 @@ drawn from its own RandomStream seeded by derive_seed(seed, i):
 
 Rejections, checked in this order (counts are in the metadata):
 benchmark (equivalent to a benchmark problem, `problems.matches_benchmark`;
-off with `allow_benchmark`), non_finite (no point left), too_few_points
+off with `allow_benchmark`), non_finite (no point left), division_by_zero
+(no point left where every division's denominator has |d| >= 1e-10: the
+values would be the protected division's artefacts, as in x0 / (x1 - x1);
+points where the guard engages are dropped like non-finite ones), too_few_points
 (fewer than max(5, half the points) left), constant_output (the float32 y
 spans at most 1e-6 of its largest magnitude; every expression uses all its
 variables, so this means it cancels out), duplicate (same evaluation
@@ -55,8 +58,8 @@ Records (file kind 'expressions'): dicts {"id", "expression" (printed by
 expressions.to_string), "n_vars", "X" (float32, n x n_vars), "y" (float32, n)}.
 
 File name: {arith|full}_{count}_c{round(10c):02d}[_b{K}]_{UTC timestamp}.pkl.gz
-where count is 1M / 1k for exact multiples of a million / thousand and the
-plain number otherwise (2500 -> 2500); 'full' when unary operators are used.
+where count is file_io.format_count's (1k, 2.5k, 1M; 1234 stays 1234);
+'full' when unary operators are used.
 
     python generate_expressions.py --n_expressions 100000 --workers 8
     python generate_expressions.py --unary_ops sin,cos,exp --demo
@@ -83,7 +86,7 @@ from pathlib import Path
 import numpy as np
 
 import file_io
-from expressions import HUGE, Evaluator, to_string
+from expressions import HUGE, Evaluator, division_guard_mask, to_string
 from operators import ALIASES, check_operators
 from problems import matches_benchmark
 from progress import Progress
@@ -91,7 +94,7 @@ from random_stream import RandomStream, make_generator
 
 FILE_KIND = "expressions"
 DEFAULT_OUTPUT_DIR = "datasets/expressions"
-REJECTION_REASONS = ("benchmark", "non_finite", "too_few_points", "constant_output", "duplicate")
+REJECTION_REASONS = ("benchmark", "non_finite", "division_by_zero", "too_few_points", "constant_output", "duplicate")
 
 MAX_POINTS = 200
 POINTS_PER_VARIABLE = 5  # n_points >= min(5 d, MAX_POINTS)
@@ -303,9 +306,14 @@ def evaluate_dataset(expression: tuple, X: np.ndarray):
     y = Evaluator(X32)(expression)  # the evaluator works in float64 on the float32 values
     with np.errstate(invalid="ignore"):
         keep = np.abs(y) <= HUGE  # False for NaN and inf
-    kept = int(keep.sum())
-    if kept == 0:
+    if not keep.any():
         return None, None, "non_finite"
+    # Points where protected division engages carry the guard's value, not the formula's.
+    if "/" in expression:
+        keep &= ~division_guard_mask(expression, X32)
+        if not keep.any():
+            return None, None, "division_by_zero"
+    kept = int(keep.sum())
     if kept < max(MIN_POINTS, (len(y) + 1) // 2):
         return None, None, "too_few_points"
     if kept < len(y):
@@ -467,20 +475,11 @@ def _format_rejections(rejections: dict) -> str:
 # File names and CLI
 
 
-def format_count(count: int) -> str:
-    """1000 -> '1k', 3000000 -> '3M', 2500 -> '2500' (only exact multiples abbreviate)."""
-    if count % 1_000_000 == 0:
-        return f"{count // 1_000_000}M"
-    if count % 1000 == 0:
-        return f"{count // 1000}k"
-    return str(count)
-
-
 def default_file_name(n_expressions: int, params: ExpressionParams, timestamp: str) -> str:
     """e.g. 'arith_1k_c05_20261123-073000.pkl.gz' (with '_b3' for --n_binary_ops 3)."""
     ops = "" if params.n_binary_ops is None else f"_b{params.n_binary_ops}"
     complexity = math.floor(10 * params.complexity + 0.5)
-    return f"{params.operator_set}_{format_count(n_expressions)}_c{complexity:02d}{ops}_{timestamp}.pkl.gz"
+    return f"{params.operator_set}_{file_io.format_count(n_expressions)}_c{complexity:02d}{ops}_{timestamp}.pkl.gz"
 
 
 def parse_operators(text: str) -> tuple[str, ...]:

@@ -179,10 +179,11 @@ def _as_expression(candidate) -> tuple | None:
     )
 
 
-def _nmse(expression: tuple, problem: Problem, n_points: int, seed: int) -> float:
-    """NMSE on fresh points (MSE when the target is constant); inf if invalid."""
-    X, y = problem.sample(seed=seed, n_points=n_points)
-    predictions = expressions.evaluate(expression, X)
+def nmse(predictions: np.ndarray, y: np.ndarray) -> float:
+    """MSE / var(y), or MSE when y is constant; inf when a prediction is not finite.
+
+    The one definition of "normalised error" used by is_solved and every evaluation.
+    """
     with np.errstate(all="ignore"):
         if not np.all(np.isfinite(predictions)):
             return math.inf
@@ -191,6 +192,12 @@ def _nmse(expression: tuple, problem: Problem, n_points: int, seed: int) -> floa
     if not math.isfinite(mse):
         return math.inf
     return mse / variance if variance > 0 else mse
+
+
+def _nmse(expression: tuple, problem: Problem, n_points: int, seed: int) -> float:
+    """NMSE on fresh points of the problem's range."""
+    X, y = problem.sample(seed=seed, n_points=n_points)
+    return nmse(expressions.evaluate(expression, X), y)
 
 
 def is_solved(model_or_expression, problem: Problem, n_points: int = SOLVED_POINTS, seed: int = SOLVED_SEED) -> bool:

@@ -61,10 +61,10 @@ class TrajectoryRecorder:
         population = np.array(self._population, dtype=np.int32)
         origin_names = list(dict.fromkeys(o for row in self._origins for o in row))
         origin_code = {name: code for code, name in enumerate(origin_names)}
-        parents = np.full(population.shape + (2,), NO_PARENT, dtype=np.int32)
-        for generation, row in enumerate(self._parents):
-            for slot, slot_parents in enumerate(row):
-                parents[generation, slot, : len(slot_parents)] = slot_parents
+        padding = (NO_PARENT, NO_PARENT)
+        parents = np.array(
+            [[(tuple(p) + padding)[:2] for p in row] for row in self._parents], dtype=np.int32
+        ).reshape(population.shape + (2,))
         fitnesses = np.array(self._fitnesses, dtype=np.float32)
         best_index = np.array(self._best_index, dtype=np.int32)
         sorted_rows = np.sort(population, axis=1)

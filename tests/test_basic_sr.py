@@ -222,7 +222,7 @@ def test_golden_quadratic_seed_0():
     # purpose; update the expected string deliberately in that case.
     X, y = problems.get_problem("quadratic").sample(seed=0)
     model = BasicSR(population_size=20, num_generations=50, seed=0).fit(X, y)
-    assert model.best_expression_ == "(((1.0 * 1.0) + ((x0 / 1.0) * x0)) + x0)"
+    assert model.best_expression_ == "(((x0 + 1.0) * x0) + 1.0)"
     assert problems.is_solved(model, problems.get_problem("quadratic"))
 
 
@@ -236,6 +236,13 @@ def test_early_stop_on_exact_solution():
     assert model.trajectory_["population"].shape == (model.n_generations_ + 1, 30)
     # It stopped at the first generation reaching the threshold.
     assert all(mse > 3e-16 for mse in model.best_mse_history_[:-1])
+
+
+def test_early_stop_none_runs_every_generation_even_when_solved():
+    X, y = _xy(lambda X: X[:, 0] * X[:, 0] + 1.0, n_points=40, seed=3)
+    model = BasicSR(population_size=30, num_generations=60, seed=0, early_stop_threshold=None).fit(X, y)
+    assert model.n_generations_ == 60
+    assert model.best_mse_ <= 3e-16  # solved long before the end
 
 
 def test_time_limit_stops_early():

@@ -413,3 +413,11 @@ def test_variables_helpers():
     assert ex.variable_index("x12") == 12
     assert all(ex.arity(s) == op.arity for s, op in OPERATORS.items())
     assert ex.arity("x0") == 0 and ex.arity(1.0) == 0
+
+
+def test_division_guard_mask_marks_points_where_the_guard_engages():
+    X = np.array([[1.0, 0.0], [2.0, 3.0], [3.0, 1e-12], [4.0, -2.0]])
+    assert ex.division_guard_mask(("/", "x0", "x1"), X).tolist() == [True, False, True, False]
+    # Nested: the inner denominator (x1 - x1) is zero everywhere.
+    assert ex.division_guard_mask(("+", 1.0, "/", "x0", "-", "x1", "x1"), X).all()
+    assert not ex.division_guard_mask(("*", "x0", "x1"), X).any()

@@ -159,11 +159,11 @@ def test_inputs_are_standardised():
 
 def test_file_names():
     counts = (7, 1000, 2500, 10_000, 1_000_000)
-    assert [ge.format_count(n) for n in counts] == ["7", "1k", "2500", "10k", "1M"]
+    assert [file_io.format_count(n) for n in counts] == ["7", "1k", "2.5k", "10k", "1M"]
     name = ge.default_file_name(1000, ExpressionParams(), "20261123-073000")
     assert name == "arith_1k_c05_20261123-073000.pkl.gz"
     params = ExpressionParams(unary_ops=("sin",), complexity=1.0, n_binary_ops=4)
-    assert ge.default_file_name(2500, params, "T") == "full_2500_c10_b4_T.pkl.gz"
+    assert ge.default_file_name(2500, params, "T") == "full_2.5k_c10_b4_T.pkl.gz"
 
 
 # --------------------------------------------------------------------------
@@ -307,3 +307,14 @@ def test_progress_disabled_prints_nothing():
         bar.update(10)
     assert stream.getvalue() == ""
     assert format_seconds(3725) == "1:02:05" and format_seconds(float("nan")) == "?"
+
+
+def test_guarded_division_points_are_dropped_and_degenerate_formulas_rejected():
+    X = np.random.default_rng(0).standard_normal((40, 2))
+    # x0 / (x1 - x1) divides by exactly zero everywhere: rejected, never stored.
+    degenerate = ("+", "x0", "/", "x0", "-", "x1", "x1")
+    assert ge.evaluate_dataset(degenerate, X)[2] == "division_by_zero"
+    # A denominator that is zero at some points only: those points are dropped.
+    X[:5, 1] = 0.0
+    X32, y32, reason = ge.evaluate_dataset(("/", "x0", "x1"), X)
+    assert reason is None and len(y32) == 35 and np.all(X32[:, 1] != 0.0)

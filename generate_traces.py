@@ -1,0 +1,700 @@
+"""Run BasicSR on every expression of an expressions file and save the traces.
+
+    python generate_traces.py --expressions_file datasets/expressions/arith_1k_c05_X.pkl.gz \\
+        --num_generations 1000 --workers 2
+
+writes ``datasets/traces/gen1k_arith_1k_c05_X.pkl.gz`` (file kind 'traces').
+One record per expression, ordered by expression id:
+
+    expression_id      int   the `id` of the expression record
+    target_expression  str   the expression that generated y
+    n_vars             int
+    final_expression   str   BasicSR's best expression at the end of the run
+    final_mse          float its MSE on the expression's own points
+    solved             bool  NMSE < problems.NMSE_THRESHOLD on those points
+    n_generations      int   generations run (fewer than asked after an early stop)
+    n_evaluations      int
+    trajectory         dict  BasicSR.trajectory_ as is (see trajectory.py)
+    seed               int   derive_seed(seed, expression_id), the run's own seed
+
+X and y are not copied: the metadata names the expressions file, its sha256
+and its provenance, and a consumer finds X, y by expression id.
+
+Determinism: the file is a function of its inputs
+-------------------------------------------------
+Each expression runs with its own seed derived from (--seed, expression id),
+so a trace does not depend on which worker or shard computed it, and records
+are written ordered by id. The metadata is deterministic too: it holds the
+parameters that change the result (`recorded_parameters`), a command rebuilt
+from them, the code version and the expressions file's identity, but no
+timestamp, hostname, wall time or output path, and it leaves out the options
+that only change how the work is executed (--workers, --shard, --resume,
+--output, --output_dir, --overwrite, checkpoint intervals). So the same
+parameters, inputs and code give the same bytes: with 1 or N workers, from
+N shards merged with --merge_shards, or after a kill and --resume. (Pickle
+output also depends on which objects are shared; every record is normalised
+by a pickle round trip before it is saved, see `_canonical`.) What varies
+between runs (the exact command line, timestamp, hostname, wall time,
+traces/s, fit-time statistics) goes to the summary line and to a sidecar
+``<name>.log.json`` next to the output.
+
+Reliability
+-----------
+Every file is written atomically (file_io.save), so a killed run never
+leaves a file under the final name. While running, the finished traces are
+checkpointed to ``<name>.partial.pkl.gz`` (complete: False) every
+--checkpoint_seconds (stretched so checkpoint writes cost at most ~10% of the
+run) or every --checkpoint_every traces. --resume continues from that file,
+refusing one made with other parameters, and gives the same bytes as an
+uninterrupted run; the partial file is deleted after the final write. Without
+--resume an existing partial file is ignored (a note is printed) and
+replaced by this run's checkpoints. An existing output is never replaced
+without --overwrite. Ctrl-C saves the finished traces to the partial file
+and exits 130; pool workers ignore Ctrl-C (the parent handles it) and exit
+by themselves when their parent dies.
+
+Sharding: --shard i/N runs the expressions at positions p (in the selected,
+id-sorted list) with p % N == i into ``<name>.shard{i}of{N}.pkl.gz``;
+--merge_shards N with the same other arguments checks and joins them into
+``<name>.pkl.gz``.
+
+NeuralSR traces (--checkpoint, --batch_size) are not available yet; the flags
+exist and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import expressions as ex
+import file_io
+from basic_sr import BasicSR
+from file_io import DataFileError
+from operators import OPERATOR_SETS
+from problems import NMSE_THRESHOLD
+from progress import Progress
+from random_stream import derive_seed
+
+SCRIPT = "generate_traces.py"
+DEFAULT_OUTPUT_DIR = "datasets/traces"
+DEFAULT_CONSTANTS = (1.0,)
+CHECKPOINT_SECONDS = 30.0
+CHECKPOINT_MAX_SHARE = 0.1  # checkpoint writes may take at most this share of the run
+NEURAL_UNAVAILABLE = "NeuralSR trace generation is not available yet"
+# make_metadata keys that change from run to run: they go to the sidecar log instead.
+VOLATILE_METADATA = ("timestamp", "hostname")
+# Expressions-file metadata copied into the traces file to identify its source.
+SOURCE_METADATA = ("command", "seed", "code_version", "timestamp")
+PKL_GZ = ".pkl.gz"
+PICKLE_PROTOCOL = 5
+
+
+class UsageError(Exception):
+    """A bad combination of arguments or files; main prints it as one line, exit 2."""
+
+
+# --------------------------------------------------------------------------
+# Core: one expression, many expressions
+
+
+def trace_one(record: dict, params: dict, seed: int) -> dict:
+    """The trace of one BasicSR run on an expression record.
+
+    `params` are BasicSR constructor arguments; `seed` is the master seed: the
+    run uses derive_seed(seed, record id), as in `generate_traces`.
+    """
+    return pickle.loads(_pickled_trace(record, params, seed)[0])
+
+
+def _pickled_trace(record: dict, params: dict, seed: int) -> tuple[bytes, float]:
+    """(pickled trace, seconds of the fit); the time is kept out of the trace itself.
+
+    Traces travel pickled, and are unpickled one by one where they are
+    collected: see `_canonical` for why. Sending bytes from a worker also
+    spares a second pickling of the object graph for the pool's transfer.
+    """
+    expression_id = int(record["id"])
+    run_seed = derive_seed(seed, expression_id)
+    X = np.asarray(record["X"])
+    y = np.asarray(record["y"])
+    model = BasicSR(**{**params, "early_stop_threshold": solved_threshold(params, y)},
+                    seed=run_seed, collect_trajectory=True)
+    started = time.perf_counter()
+    model.fit(X, y)
+    seconds = time.perf_counter() - started
+    target = record["expression"]
+    trace = {
+        "expression_id": expression_id,
+        "target_expression": target if isinstance(target, str) else ex.to_string(tuple(target)),
+        "n_vars": int(record.get("n_vars", X.shape[1] if X.ndim == 2 else 1)),
+        "final_expression": model.best_expression_,
+        "final_mse": float(model.best_mse_),
+        "solved": solved_on_points(model.best_mse_, y),
+        "n_generations": int(model.n_generations_),
+        "n_evaluations": int(model.n_evaluations_),
+        "trajectory": model.trajectory_,
+        "seed": run_seed,
+    }
+    return pickle.dumps(trace, protocol=PICKLE_PROTOCOL), seconds
+
+
+def solved_threshold(params: dict, y) -> float | None:
+    """The MSE at which a run stops: the configured threshold, raised to "solved".
+
+    y is stored as float32, so even the exact formula scores an MSE around
+    1e-15 and would never reach an absolute 3e-16: runs went on for hundreds
+    of generations of elite copies after solving. Stopping once NMSE < 1e-10
+    (the `solved` flag's own definition) ends them where they are solved.
+    """
+    threshold = params.get("early_stop_threshold", 3e-16)
+    if threshold is None:
+        return None
+    variance = float(np.var(np.asarray(y, dtype=np.float64)))
+    return max(threshold, NMSE_THRESHOLD * variance if variance > 0 else NMSE_THRESHOLD)
+
+
+def solved_on_points(mse: float, y) -> bool:
+    """NMSE below problems.NMSE_THRESHOLD on the expression's own points (MSE for a constant y)."""
+    variance = float(np.var(np.asarray(y, dtype=np.float64)))
+    nmse = mse / variance if variance > 0 else mse
+    return bool(nmse < NMSE_THRESHOLD)
+
+
+def _canonical(trace: dict) -> dict:
+    """The trace rebuilt by a pickle round trip, as every saved trace is.
+
+    Pickle writes an object shared between records once and refers to it
+    afterwards, so the bytes of a file depend on which objects are shared, not
+    only on their values. Traces computed in one process share strings with
+    each other (e.g. the origin names); traces received from workers in one
+    chunk or loaded from a file share other things. After a round trip of each
+    record on its own they share nothing but CPython's cached one-character
+    strings, and further round trips (through a file) keep it that way, so
+    files are identical whatever path the records took.
+    """
+    return pickle.loads(pickle.dumps(trace, protocol=PICKLE_PROTOCOL))
+
+
+def iter_traces(records, params: dict, seed: int, workers: int = 1, progress: bool = True):
+    """Yield (trace, fit seconds) for each record, in completion order."""
+    records = list(records)
+    BasicSR(**params)  # invalid parameters fail here, before any worker starts
+    run = functools.partial(_pickled_trace, params=params, seed=seed)
+    workers = max(1, min(workers, len(records)))
+    with Progress(len(records), "traces", disable=not progress) as bar:
+        if workers == 1:
+            for pickled, seconds in map(run, records):
+                bar.update(1)
+                yield pickle.loads(pickled), seconds
+            return
+        chunk_size = max(1, min(16, len(records) // (8 * workers)))
+        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+            for pickled, seconds in pool.imap_unordered(run, records, chunksize=chunk_size):
+                bar.update(1)
+                yield pickle.loads(pickled), seconds
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Pool initializer: leave Ctrl-C to the parent, and exit once the parent is gone.
+
+    Without the watch, workers orphaned by a SIGKILLed parent finish their
+    chunk and then wait forever for tasks.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def generate_traces(expression_records, params: dict, seed: int, workers: int = 1,
+                    progress: bool = True) -> list[dict]:
+    """Traces of BasicSR runs on each expression record, ordered by expression id.
+
+    The result is the same for any number of workers.
+    """
+    traces = {trace["expression_id"]: trace
+              for trace, _ in iter_traces(expression_records, params, seed, workers, progress)}
+    return [traces[expression_id] for expression_id in sorted(traces)]
+
+
+# --------------------------------------------------------------------------
+# Inputs, parameters, names
+
+
+def load_expression_records(path) -> tuple[list[dict], dict]:
+    """Records (sorted by id) and metadata of an expressions file; DataFileError if unusable."""
+    loaded = file_io.load(path, kind="expressions")
+    records = loaded.records
+    if not isinstance(records, list):
+        raise DataFileError(f"{path}: records are a {type(records).__name__}, expected a list")
+    for index, record in enumerate(records):
+        missing = [k for k in ("id", "expression", "X", "y") if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise DataFileError(f"{path}: record {index} lacks {missing}")
+    ids = [int(record["id"]) for record in records]
+    if len(set(ids)) != len(ids):
+        raise DataFileError(f"{path}: duplicate expression ids")
+    return sorted(records, key=lambda record: int(record["id"])), dict(loaded.metadata)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def select_expressions(records: list[dict], max_expressions: int | None, seed: int) -> list[dict]:
+    """A seeded subset of at most `max_expressions` records (all when None), sorted by id."""
+    if max_expressions is None or max_expressions >= len(records):
+        return list(records)
+    chosen = np.random.default_rng(seed).choice(len(records), size=max_expressions, replace=False)
+    return sorted((records[i] for i in chosen.tolist()), key=lambda record: int(record["id"]))
+
+
+def shard_of(records: list, index: int, count: int) -> list:
+    """The records at positions p with p % count == index."""
+    return records[index::count]
+
+
+def parse_constants(text: str | None, expressions_metadata: dict) -> list[float]:
+    """--constants as a list; None takes the expressions file's constants, else 1.0."""
+    if text is None:
+        found = expressions_metadata.get("constants")
+        return [float(c) for c in (DEFAULT_CONSTANTS if found is None else found)]
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--constants must be comma-separated numbers, got {text!r}") from None
+
+
+def resolve_basic_sr_params(args, expressions_metadata: dict) -> dict:
+    """BasicSR constructor arguments (plain lists, ready for metadata) from the CLI."""
+    binary, unary = OPERATOR_SETS[args.operator_set]
+    params = {
+        "population_size": args.population_size,
+        "num_generations": args.num_generations,
+        "max_depth": args.max_depth,
+        "max_size": args.max_size,
+        "tournament_size": args.tournament_size,
+        "constants": parse_constants(args.constants, expressions_metadata),
+        "binary_operators": list(binary),
+        "unary_operators": list(unary),
+    }
+    try:
+        BasicSR(**params)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return params
+
+
+def recorded_parameters(args, params: dict) -> dict:
+    """The options that determine the traces (execution-only options left out)."""
+    return {
+        "expressions_file": str(args.expressions_file),
+        "max_expressions": args.max_expressions,
+        "population_size": params["population_size"],
+        "num_generations": params["num_generations"],
+        "operator_set": args.operator_set,
+        "constants": params["constants"],
+        "seed": args.seed,
+        "max_size": params["max_size"],
+        "max_depth": params["max_depth"],
+        "tournament_size": params["tournament_size"],
+    }
+
+
+def canonical_command(parameters: dict) -> list[str]:
+    """A command line reproducing `parameters` (script first)."""
+    argv = [SCRIPT]
+    for name, value in parameters.items():
+        if name == "max_expressions" and value is None:
+            continue
+        if name == "constants":
+            value = ",".join(repr(float(c)) for c in value)
+        argv += [f"--{name}", str(value)]
+    return argv
+
+
+def _strip_pkl_gz(name: str) -> str:
+    return name[: -len(PKL_GZ)] if name.endswith(PKL_GZ) else name
+
+
+def default_output_name(num_generations: int, expressions_file) -> str:
+    """gen{N}_{expressions file name without .pkl.gz}.pkl.gz"""
+    stem = Path(expressions_file).name
+    stem = _strip_pkl_gz(stem) if stem.endswith(PKL_GZ) else Path(stem).stem
+    return f"gen{file_io.format_count(num_generations)}_{stem}{PKL_GZ}"
+
+
+def output_path(args) -> Path:
+    """The final (unsharded) output path."""
+    if args.output:
+        return Path(args.output)
+    return Path(args.output_dir) / default_output_name(args.num_generations, args.expressions_file)
+
+
+def sibling_path(path: Path, suffix: str) -> Path:
+    """`path` with '.pkl.gz' replaced by `suffix` (appended when absent)."""
+    return path.with_name(_strip_pkl_gz(path.name) + suffix)
+
+
+def shard_path(path: Path, index: int, count: int) -> Path:
+    return sibling_path(path, f".shard{index}of{count}{PKL_GZ}")
+
+
+def partial_path(path: Path) -> Path:
+    return sibling_path(path, f".partial{PKL_GZ}")
+
+
+def log_path(path: Path) -> Path:
+    return sibling_path(path, ".log.json")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'i/N' -> (i, N) with 0 <= i < N."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise UsageError(f"--shard i/N needs 0 <= i < N, got {text!r}")
+    return index, count
+
+
+# --------------------------------------------------------------------------
+# Metadata
+
+
+def source_info(path, expressions_metadata: dict, n_records: int) -> dict:
+    """Identity of the expressions file: its path, hash and provenance."""
+    return {
+        "expressions_file": str(path),
+        "expressions_sha256": file_sha256(path),
+        "expressions_metadata": {key: expressions_metadata.get(key) for key in SOURCE_METADATA},
+        "n_expressions_in_file": n_records,
+    }
+
+
+def build_metadata(parameters: dict, params: dict, source: dict, traces: list[dict],
+                   shard: tuple[int, int] | None, complete: bool = True) -> dict:
+    """Deterministic metadata for a traces file (see the module docstring)."""
+    metadata = file_io.make_metadata(parameters, parameters["seed"], argv=canonical_command(parameters))
+    for key in VOLATILE_METADATA:
+        metadata.pop(key, None)
+    n_traces = len(traces)
+    n_solved = sum(trace["solved"] for trace in traces)
+    metadata.update(source)
+    metadata.update({
+        "solver": "BasicSR",
+        "basic_sr_params": params,
+        "n_traces": n_traces,
+        "n_solved": n_solved,
+        "solved_fraction": n_solved / n_traces if n_traces else 0.0,
+        "mean_generations": float(np.mean([t["n_generations"] for t in traces])) if traces else 0.0,
+        "mean_evaluations": float(np.mean([t["n_evaluations"] for t in traces])) if traces else 0.0,
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
+        "complete": complete,
+    })
+    return metadata
+
+
+def _comparable(metadata: dict) -> dict:
+    """What two runs must share for their traces to belong together."""
+    parameters = dict(metadata.get("parameters") or {})
+    parameters.pop("expressions_file", None)  # the same file may be named differently
+    return {**parameters, "expressions_sha256": metadata.get("expressions_sha256"),
+            "basic_sr_params": metadata.get("basic_sr_params")}
+
+
+def _check_same_run(path, found: dict, expected: dict) -> None:
+    found, expected = _comparable(found), _comparable(expected)
+    differing = sorted(key for key in expected.keys() | found.keys() if found.get(key) != expected.get(key))
+    if differing:
+        raise UsageError(f"{path}: made with different parameters ({', '.join(differing)} differ)")
+
+
+# --------------------------------------------------------------------------
+# Running with checkpoints
+
+
+class Checkpointer:
+    """Saves the finished traces to the partial file now and then (atomically)."""
+
+    def __init__(self, path: Path, metadata_for, every: int = 0, seconds: float = CHECKPOINT_SECONDS):
+        self.path = path
+        self.metadata_for = metadata_for  # traces -> metadata of the partial file
+        self.every = every
+        self.interval = seconds
+        self.min_interval = seconds
+        self.pending = 0
+        self.last = time.monotonic()
+
+    def add(self, done: dict) -> None:
+        """Count one more finished trace; save `done` (id -> trace) when due."""
+        self.pending += 1
+        if (self.every and self.pending >= self.every) or time.monotonic() - self.last >= self.interval:
+            self.save(done)
+
+    def save(self, done: dict) -> None:
+        started = time.monotonic()
+        traces = [done[key] for key in sorted(done)]
+        file_io.save(self.path, "traces", traces, self.metadata_for(traces))
+        self.last = time.monotonic()
+        # Large files take long to write: keep checkpointing a small share of the run.
+        self.interval = max(self.min_interval, (self.last - started) / CHECKPOINT_MAX_SHARE)
+        self.pending = 0
+
+
+def load_partial(path: Path, expected: dict, selected_ids: set) -> dict:
+    """id -> trace from a partial file of the same run ({} when there is none)."""
+    if not path.exists():
+        print(f"note: no partial file {path}; starting from the beginning", file=sys.stderr)
+        return {}
+    loaded = file_io.load(path, kind="traces")
+    if loaded.metadata.get("complete") is not False:
+        raise UsageError(f"{path}: not a partial traces file (complete is not False)")
+    _check_same_run(path, loaded.metadata, expected)
+    if loaded.metadata.get("shard") != expected["shard"]:
+        raise UsageError(f"{path}: made for shard {loaded.metadata.get('shard')}, not {expected['shard']}")
+    done = {trace["expression_id"]: _canonical(trace) for trace in loaded.records}
+    if not done.keys() <= selected_ids:
+        raise UsageError(f"{path}: holds traces of expressions this run does not select")
+    return done
+
+
+def run_with_checkpoints(todo: list, done: dict, params: dict, seed: int, checkpointer: Checkpointer,
+                         workers: int, progress: bool) -> list[float]:
+    """Trace `todo` into `done` (id -> trace), checkpointing; return the fit seconds."""
+    fit_seconds = []
+    try:
+        for trace, seconds in iter_traces(todo, params, seed, workers, progress):
+            done[trace["expression_id"]] = trace
+            fit_seconds.append(seconds)
+            checkpointer.add(done)
+    except KeyboardInterrupt:
+        if not done:
+            print("interrupted before any trace was finished", file=sys.stderr)
+            raise SystemExit(130) from None
+        if checkpointer.pending:  # keep what was finished since the last checkpoint
+            checkpointer.save(done)
+        print(f"interrupted: {len(done)} traces saved in {checkpointer.path} "
+              f"(rerun with --resume to continue)", file=sys.stderr)
+        raise SystemExit(130) from None
+    return fit_seconds
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and False (their help says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Run BasicSR on each expression of an expressions file and save the traces.",
+        formatter_class=_HelpFormatter,
+    )
+    add = parser.add_argument
+    add("--expressions_file", required=True, help="expressions file (kind 'expressions') to trace")
+    add("--output_dir", default=DEFAULT_OUTPUT_DIR, help="folder for the default output name")
+    add("--output", default=None, help="exact output path (overrides --output_dir and the default name)")
+    add("--max_expressions", type=int, default=None,
+        help="trace a seeded random subset of this many expressions (default: all)")
+    add("--population_size", type=int, default=20, help="BasicSR individuals per generation")
+    add("--num_generations", type=int, default=50, help="BasicSR generations per expression")
+    add("--operator_set", choices=sorted(OPERATOR_SETS), default="arith",
+        help="operators BasicSR may use (arith: + - * /; full: also the unary functions)")
+    add("--constants", default=None,
+        help="comma-separated constants for BasicSR, '' for none "
+             "(default: the expressions file's constants, else 1.0)")
+    add("--seed", type=int, default=42, help="master seed; expression i runs with derive_seed(seed, i)")
+    add("--max_size", type=int, default=25, help="maximum expression size (nodes)")
+    add("--max_depth", type=int, default=10, help="maximum expression depth")
+    add("--tournament_size", type=int, default=3, help="contestants per tournament")
+    add("--workers", type=int, default=1, help="worker processes (the result does not depend on it)")
+    add("--shard", default=None, help="i/N: trace only the expressions at positions p with p %% N == i")
+    add("--merge_shards", type=int, default=None, metavar="N",
+        help="instead of running, join the N shard files made with the same other arguments")
+    add("--resume", action="store_true", help="continue from the partial file of an interrupted run")
+    add("--overwrite", action="store_true", help="replace an existing output file")
+    add("--checkpoint_every", type=int, default=0, metavar="K",
+        help="advanced: also checkpoint after every K finished traces (0: time-based only)")
+    add("--checkpoint_seconds", type=float, default=CHECKPOINT_SECONDS,
+        help="advanced: checkpoint the finished traces at least this often (seconds)")
+    add("--quiet", action="store_true", help="no progress bar")
+    add("--checkpoint", default=None, help=f"NeuralSR checkpoint folder ({NEURAL_UNAVAILABLE})")
+    add("--batch_size", type=int, default=None, help=f"NeuralSR batch of expressions ({NEURAL_UNAVAILABLE})")
+    return parser
+
+
+def _check_args(args) -> tuple[int, int] | None:
+    """Validate option combinations; return the shard (i, N) or None."""
+    if args.checkpoint is not None or args.batch_size is not None:
+        # The seam for NeuralSR traces: a later issue builds the solver here.
+        raise UsageError(f"{NEURAL_UNAVAILABLE} (--checkpoint, --batch_size)")
+    shard = parse_shard(args.shard)
+    if shard and args.merge_shards:
+        raise UsageError("--shard and --merge_shards exclude each other")
+    if args.merge_shards is not None and args.merge_shards < 1:
+        raise UsageError(f"--merge_shards must be at least 1, got {args.merge_shards}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.max_expressions is not None and args.max_expressions < 1:
+        raise UsageError(f"--max_expressions must be at least 1, got {args.max_expressions}")
+    return shard
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path}: already exists (use --overwrite to replace it)")
+
+
+def _write_log(path: Path, argv, log: dict) -> None:
+    """The run-to-run details kept out of the data file (see the module docstring)."""
+    entry = {
+        "output": str(path),
+        "command": " ".join([Path(sys.executable).name, *argv]),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "hostname": socket.gethostname(),
+        **log,
+    }
+    with file_io.atomic_open(log_path(path), "w") as handle:
+        json.dump(entry, handle, indent=2)
+        handle.write("\n")
+
+
+def _summary(traces: list[dict], computed: int, seconds: float, path: Path, prefix: str = "",
+             note: str = "") -> str:
+    """The final line: traces, solved fraction, mean generations, wall time, rate, output."""
+    n = len(traces)
+    solved = sum(t["solved"] for t in traces) / n if n else 0.0
+    generations = float(np.mean([t["n_generations"] for t in traces])) if n else 0.0
+    rate = computed / seconds if seconds > 0 else float("nan")
+    return (f"{prefix}traces {n}{note}  solved {solved:.1%}  mean generations {generations:.1f}  "
+            f"wall {seconds:.1f} s  {rate:.2f} traces/s  -> {path}")
+
+
+def run_traces(args, argv, shard, selected, params, parameters, source) -> None:
+    """Trace the selected expressions (of this shard) with checkpoints and resume."""
+    started = time.perf_counter()
+    output = output_path(args)
+    if shard:
+        selected = shard_of(selected, *shard)
+        output = shard_path(output, *shard)
+    _refuse_existing(output, args.overwrite)
+    partial = partial_path(output)
+    partial_metadata = functools.partial(build_metadata, parameters, params, source, shard=shard, complete=False)
+    expected = partial_metadata([])
+    done = load_partial(partial, expected, {int(r["id"]) for r in selected}) if args.resume else {}
+    if not args.resume and partial.exists():
+        print(f"note: ignoring the partial file {partial} of an earlier run (--resume continues it)",
+              file=sys.stderr)
+    resumed = len(done)
+    todo = [record for record in selected if int(record["id"]) not in done]
+    checkpointer = Checkpointer(partial, partial_metadata, args.checkpoint_every, args.checkpoint_seconds)
+    fit_seconds = run_with_checkpoints(todo, done, params, args.seed, checkpointer,
+                                       args.workers, not args.quiet)
+    traces = [done[key] for key in sorted(done)]
+    metadata = build_metadata(parameters, params, source, traces, shard)
+    file_io.save(output, "traces", traces, metadata, overwrite=args.overwrite)
+    partial.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    _write_log(output, argv, {
+        "wall_seconds": seconds, "traces_per_second": len(todo) / seconds if seconds > 0 else None,
+        "traces_computed": len(todo), "traces_resumed": resumed, "workers": args.workers,
+        "shard": metadata["shard"], "fit_seconds_total": float(sum(fit_seconds)),
+        "fit_seconds_max": float(max(fit_seconds, default=0.0)),
+    })
+    print(_summary(traces, len(todo), seconds, output, note=f" ({resumed} resumed)" if resumed else ""))
+
+
+def merge_shard_files(args, argv, selected, params, parameters, source) -> None:
+    """Check the N shard files of this run and join them into the final output."""
+    started = time.perf_counter()
+    count = args.merge_shards
+    output = output_path(args)
+    _refuse_existing(output, args.overwrite)
+    traces, logs = [], []
+    for index in range(count):
+        path = shard_path(output, index, count)
+        loaded = file_io.load(path, kind="traces")
+        expected = build_metadata(parameters, params, source, [], (index, count))
+        if loaded.metadata.get("complete") is not True:
+            raise UsageError(f"{path}: shard is not complete")
+        _check_same_run(path, loaded.metadata, expected)
+        if loaded.metadata.get("shard") != expected["shard"]:
+            raise UsageError(f"{path}: is shard {loaded.metadata.get('shard')}, expected {expected['shard']}")
+        wanted = sorted(int(r["id"]) for r in shard_of(selected, index, count))
+        if sorted(trace["expression_id"] for trace in loaded.records) != wanted:
+            raise UsageError(f"{path}: holds other expressions than shard {index}/{count} selects")
+        traces.extend(_canonical(trace) for trace in loaded.records)
+        logs.append(_read_log(path))
+    traces.sort(key=lambda trace: trace["expression_id"])
+    metadata = build_metadata(parameters, params, source, traces, None)
+    file_io.save(output, "traces", traces, metadata, overwrite=args.overwrite)
+    seconds = time.perf_counter() - started
+    _write_log(output, argv, {"merged_shards": count, "merge_seconds": seconds, "shard_logs": logs})
+    print(_summary(traces, len(traces), seconds, output, prefix=f"merged {count} shards: "))
+
+
+def _read_log(path: Path):
+    """A shard's sidecar log, or None when it is missing or unreadable (it is informational)."""
+    try:
+        return json.loads(log_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        with file_io.exit_on_data_error():
+            shard = _check_args(args)
+            records, expressions_metadata = load_expression_records(args.expressions_file)
+            params = resolve_basic_sr_params(args, expressions_metadata)
+            parameters = recorded_parameters(args, params)
+            source = source_info(args.expressions_file, expressions_metadata, len(records))
+            selected = select_expressions(records, args.max_expressions, args.seed)
+            if args.merge_shards:
+                merge_shard_files(args, [SCRIPT, *argv], selected, params, parameters, source)
+            else:
+                run_traces(args, [SCRIPT, *argv], shard, selected, params, parameters, source)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
