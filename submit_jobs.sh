@@ -137,7 +137,7 @@ EXPR_OPTS=(--max_vars "$MAX_VARS" --binary_ops "+,-,*" --constants 1.0 --workers
 # submit_traces tg10k_asm03 "$EXPR_DIR/asm03_100k.pkl.gz" 10000 16 "$EXPR_JOB"
 
 # submit_expressions ex_asm05 "$EXPR_DIR/asm05_100k.pkl.gz" --n_expressions 100000 --seed 5 --complexity 0.5 "${EXPR_OPTS[@]}"
-# submit_traces tg1k_asm05  "$EXPR_DIR/asm05_100k.pkl.gz" 1000  4  "$EXPR_JOB"
+# submit_traces tg1k_asm05  "$EXPR_DIR/asm05_100k.pkl.gz" 1000  4  "$EXPR_JOB"; TG1K_ASM05=$TRACE_JOB
 # submit_traces tg10k_asm05 "$EXPR_DIR/asm05_100k.pkl.gz" 10000 16 "$EXPR_JOB"
 
 # submit_expressions ex_asm07 "$EXPR_DIR/asm07_100k.pkl.gz" --n_expressions 100000 --seed 7 --complexity 0.7 "${EXPR_OPTS[@]}"
@@ -149,9 +149,53 @@ EXPR_OPTS=(--max_vars "$MAX_VARS" --binary_ops "+,-,*" --constants 1.0 --workers
 # submit_traces tg10k_asm10 "$EXPR_DIR/asm10_100k.pkl.gz" 10000 16 "$EXPR_JOB"
 
 # ============================================================================
-# Training and evaluation jobs: to be added here. To depend on a trace set,
-# save "$TRACE_JOB" (the merge job's id) right after its submit_traces call.
+# Training jobs. To depend on a trace set, save "$TRACE_JOB" (the merge job's
+# id) right after its submit_traces call. Evaluation jobs: to be added here.
 # ============================================================================
+# submit_train NAME CONFIG GPUS [AFTER_JOB_ID] [train.py args...]
+# One node with GPUS GPUs: 1 -> `python train.py`, more -> accelerate
+# (training/accelerate.yaml), one process per GPU. --resume auto: a requeued
+# job continues its own run, a new job starts fresh. Leaves the id in TRAIN_JOB.
+TRAIN_RES=(--mem=64G --time=24:00:00 --cpus-per-task=8)
+submit_train() {
+    local name=$1 config=$2 gpus=$3 dep=${4:-}
+    shift $(( $# < 4 ? $# : 4 ))
+    local act=${TTSR_ACTIVATE:-$TTSR_ROOT/.venv/bin/activate}
+    local dep_opt=()
+    if [ -n "$dep" ]; then dep_opt=("$(after "$dep")"); fi
+    local launcher=("${PYTHON:-python}")
+    if [ "$gpus" -gt 1 ]; then
+        launcher=(accelerate launch --config_file training/accelerate.yaml --num_processes "$gpus")
+    fi
+    local py_cmd
+    py_cmd=$(printf '%q ' "${launcher[@]}" train.py --config "$config" --resume auto "$@")
+    submit "--job-name=$name" "--gres=gpu:$gpus" "${TRAIN_RES[@]}" "${dep_opt[@]+"${dep_opt[@]}"}" \
+        "--output=$LOG_DIR/%x-%j.out" \
+        --wrap="set -euo pipefail; if [ -f $(printf '%q' "$act") ]; then set +u; . $(printf '%q' "$act"); set -u; fi; exec $py_cmd"
+    TRAIN_JOB=$JOB_ID
+}
+
+# submit_conversion NAME TRACES_FILE AFTER_JOB_ID [one_step_conversion.py args...]
+# One-step training data (train/val split) from a trace set. Leaves the id in CONV_JOB.
+CONV_RES=(--mem=16G --time=2:00:00 --cpus-per-task=2)
+submit_conversion() {
+    local name=$1 traces=$2 dep=$3
+    shift 3
+    local act=${TTSR_ACTIVATE:-$TTSR_ROOT/.venv/bin/activate}
+    local py_cmd
+    py_cmd=$(printf '%q ' "${PYTHON:-python}" one_step_conversion.py --input "$traces" --split "$@")
+    submit "--job-name=$name" "${CONV_RES[@]}" "$(after "$dep")" "--output=$LOG_DIR/%x-%j.out" \
+        --wrap="set -eu; if [ -f $(printf '%q' "$act") ]; then set +u; . $(printf '%q' "$act"); set -u; fi; exec $py_cmd"
+    CONV_JOB=$JOB_ID
+}
+
+# The 1k-generation traces of complexity 0.5 (TG1K_ASM05 above), converted, then the models:
+# submit_conversion cv_asm05 "$TRACE_DIR/gen1k_asm05_100k.pkl.gz" "$TG1K_ASM05"
+# submit_train tr_onestep_tiny training/onestep-tiny.json 1 "$CONV_JOB"
+# submit_train tr_onestep_s    training/onestep-s.json    4 "$CONV_JOB"
+# submit_train tr_autoreg_s    training/autoreg-s.json    4
+# submit_train tr_direct_tiny  training/direct-tiny.json  1
+# submit_train tr_dagger_tiny  training/dagger-tiny.json  1
 
 # ============================================================================
 # Smoke test (minutes on any node): 50 expressions, 20 generations, 2 shards

@@ -292,8 +292,8 @@ def test_full_job_list_is_consistent(fake_sbatch, tmp_path):
     assert recorded() == []
     commands = [c[1:] for c in sbatch_lines(result.stdout)]
 
-    accepted = {"generate_expressions.py": _help_flags("generate_expressions.py"),
-                "generate_traces.py": _help_flags("generate_traces.py")}
+    accepted = {script: _help_flags(script) for script in
+                ("generate_expressions.py", "generate_traces.py", "one_step_conversion.py", "train.py")}
     names = set()
     for argv in commands:
         name = option(argv, "--job-name")
@@ -307,7 +307,8 @@ def test_full_job_list_is_consistent(fake_sbatch, tmp_path):
             assert args[args.index("--num_generations") + 1] == str(gens), name
         else:
             wrap = shlex.split(option(argv, "--wrap").split("exec ", 1)[1])
-            script, args = wrap[1], wrap[2:]
+            at = next(i for i, word in enumerate(wrap) if word.endswith(".py"))  # after python or accelerate launch ...
+            script, args = wrap[at], wrap[at + 1:]
         unknown = {a.split("=")[0] for a in args if a.startswith("--")} - accepted[script]
         assert not unknown, f"job {name}: {script} does not accept {sorted(unknown)}"
     for complexity in ("03", "05", "07", "10"):
