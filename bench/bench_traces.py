@@ -76,8 +76,11 @@ def paired_pass(records: list[dict], params: dict) -> dict:
     traces, generations = [], []
     for record in records:
         started = time.perf_counter()
-        model = BasicSR(**params, seed=derive_seed(SEED, int(record["id"])), collect_trajectory=False)
-        model.fit(np.asarray(record["X"]), np.asarray(record["y"]))
+        y = np.asarray(record["y"])
+        # The same stopping rule as trace generation (stop once solved), so both do the same work.
+        bare_params = {**params, "early_stop_threshold": gt.solved_threshold(params, y)}
+        model = BasicSR(**bare_params, seed=derive_seed(SEED, int(record["id"])), collect_trajectory=False)
+        model.fit(np.asarray(record["X"]), y)
         middle = time.perf_counter()
         trace = gt.trace_one(record, params, SEED)
         traced += time.perf_counter() - middle
