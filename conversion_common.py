@@ -55,7 +55,7 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Iterable
 
 import numpy as np
@@ -495,8 +495,15 @@ def converted_items(conversion: Conversion, workers: int = 1):
 
 def write_sidecar(path: Path, content: dict) -> None:
     with file_io.atomic_open(path, "w") as handle:
-        json.dump(content, handle, indent=2)
+        # Paths (e.g. a defaulted --output) are written as text.
+        json.dump(content, handle, indent=2, default=_json_text)
         handle.write("\n")
+
+
+def _json_text(value):
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def run_conversion(conversion: Conversion, args, argv: list[str], script: str) -> dict:

@@ -199,6 +199,18 @@ def test_split_is_disjoint_by_expression_and_the_same_for_every_conversion(data,
     assert len({frozenset(v) for v in ids.values()}) == 1
 
 
+@pytest.mark.parametrize("module", [one_step_conversion, autoreg_conversion])
+def test_default_output_path_with_split_writes_data_and_sidecars(module, data, tmp_path, monkeypatch):
+    # Regression: a defaulted --output (a Path) once crashed the sidecar's JSON.
+    monkeypatch.chdir(tmp_path)
+    assert run(module, "--input", data[1], "--split", "--quiet") == 0
+    written = sorted(p.name for p in (tmp_path / "datasets" / "training").glob("*.jsonl"))
+    assert len(written) == 2 and written[0].endswith(".train.jsonl") and written[1].endswith(".val.jsonl")
+    for name in written:
+        meta = sidecar(tmp_path / "datasets" / "training" / name)
+        assert meta["metadata"]["parameters"]["output"] is None or isinstance(meta["metadata"]["parameters"]["output"], str)
+
+
 def test_restart_children_are_not_targets(traces):
     trace = {**traces[0], "trajectory": dict(traces[0]["trajectory"])}
     trajectory = trace["trajectory"]
