@@ -388,9 +388,10 @@ class BasicSR:
         """
         random = self._stream.random
         size = len(tree)
+        operators = ex.ARITY
         while True:
             position = int(random() * size)
-            if ex.arity(tree[position]):
+            if tree[position] in operators:
                 return position
 
     def _pick_mutation_kind(self) -> str:

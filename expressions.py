@@ -31,6 +31,7 @@ Expression = tuple  # tuple[str | float, ...] in prefix order
 HUGE = 1e10
 
 _ARITY = {symbol: op.arity for symbol, op in OPERATORS.items()}
+ARITY = _ARITY  # symbol -> number of children, for hot loops that cannot afford a call per token
 _BINARY_FUNCTIONS = {symbol: op.function for symbol, op in BINARY_OPERATORS.items()}
 _UNARY_FUNCTIONS = {symbol: op.function for symbol, op in UNARY_OPERATORS.items()}
 
@@ -305,17 +306,24 @@ def random_tree(
     leaf_prob: float = 0.3,
     variable_prob: float = 0.7,
 ) -> Expression:
-    """Grow a random tree: a node becomes a leaf at max_depth or with prob leaf_prob."""
+    """Grow a random tree: a node becomes a leaf at max_depth or with prob leaf_prob.
+
+    Grown depth-first with an explicit stack of the depths of the slots still
+    to fill (the same draws, in the same order, as the recursive definition;
+    mutation calls this tens of thousands of times per run).
+    """
+    random = stream.random
     tokens: list = []
-
-    def grow(level: int) -> None:
-        if level >= max_depth or stream.random() < leaf_prob:
-            tokens.append(random_leaf(stream, variables, constants, variable_prob))
-            return
-        symbol = stream.choice(operators)
-        tokens.append(symbol)
-        for _ in range(_ARITY[symbol]):
-            grow(level + 1)
-
-    grow(0)
+    pending = [0]
+    while pending:
+        level = pending.pop()
+        if level >= max_depth or random() < leaf_prob:
+            if not constants or random() < variable_prob:
+                tokens.append(variables[int(random() * len(variables))])
+            else:
+                tokens.append(constants[int(random() * len(constants))])
+        else:
+            symbol = operators[int(random() * len(operators))]
+            tokens.append(symbol)
+            pending.extend([level + 1] * ARITY[symbol])
     return tuple(tokens)
