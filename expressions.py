@@ -41,12 +41,6 @@ def arity(token) -> int:
     return _ARITY.get(token, 0)
 
 
-def operator_positions(expression: Expression) -> list[int]:
-    """Indices of the operator (non-leaf) nodes."""
-    arities = _ARITY
-    return [i for i, token in enumerate(expression) if token in arities]
-
-
 def is_variable(token) -> bool:
     return token.__class__ is str and token not in _ARITY
 

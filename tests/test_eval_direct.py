@@ -19,12 +19,7 @@ from tokenizer import build_tokenizer, save_tokenizer
 FORMULAS = ["x0", "((x0*x0)+1.0)", "(x0*x1)", "(x0-x1)"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_decoder(tokenizer) -> GPTNeoConfig:

@@ -12,22 +12,12 @@ import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 import fast_sampler as fs
-from tokenizer import build_tokenizer
 
 WINDOW = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def neo_config(tokenizer, **overrides) -> GPTNeoConfig:

@@ -9,21 +9,10 @@ import expressions as ex
 import format_utils as fu
 import point_embedder as pe
 from expression_parser import parse
-from tokenizer import build_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread is several times faster than two fighting.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def decoder_config(tokenizer, **overrides) -> GPTNeoConfig:
