@@ -37,42 +37,53 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
     numba = None
 
 
-def _sse_batch(codes, starts, constants, columns, y, stack, out):
-    """out[t] = sum of squared residuals of tree t, or inf when it is invalid."""
+def _sse_batch(codes, starts, rows, n_vars, y, slots, out):
+    """out[t] = sum of squared residuals of tree t, or inf when it is invalid.
+
+    `rows` holds the data columns (rows 0..n_vars-1), one row per constant,
+    then one work row per stack slot. The stack holds row numbers, not
+    values: a leaf pushes the row it names (no copy of 200 values), and an
+    operator writes its result into the work row of the slot the result
+    takes. Leaves are half the nodes, so this saves half the row writes.
+    """
     n_points = y.shape[0]
+    work = rows.shape[0] - slots.shape[0]  # the first work row
     for tree in range(starts.shape[0] - 1):
         top = 0
         for position in range(starts[tree + 1] - 1, starts[tree] - 1, -1):
             code = codes[position]
             if code >= VARIABLE_BASE:
-                stack[top, :] = columns[code - VARIABLE_BASE]
+                slots[top] = code - VARIABLE_BASE
                 top += 1
             elif code >= CONSTANT_BASE:
-                stack[top, :] = constants[code - CONSTANT_BASE]
+                slots[top] = n_vars + code - CONSTANT_BASE
                 top += 1
             elif code < 4:  # binary: left operand on top of the stack
-                left = stack[top - 1]
-                right = stack[top - 2]
+                left = rows[slots[top - 1]]
+                right = rows[slots[top - 2]]
+                result = rows[work + top - 2]  # may be `right` itself: each i is read before it is written
                 if code == 0:
                     for i in range(n_points):
-                        right[i] = left[i] + right[i]
+                        result[i] = left[i] + right[i]
                 elif code == 1:
                     for i in range(n_points):
-                        right[i] = left[i] - right[i]
+                        result[i] = left[i] - right[i]
                 elif code == 2:
                     for i in range(n_points):
-                        right[i] = left[i] * right[i]
+                        result[i] = left[i] * right[i]
                 else:
                     for i in range(n_points):
                         d = right[i]
                         if abs(d) < DIVISION_GUARD:
                             d = -DIVISION_GUARD if d < 0 else DIVISION_GUARD
-                        right[i] = left[i] / d
+                        result[i] = left[i] / d
                 top -= 1
+                slots[top - 1] = work + top - 1
             else:
-                row = stack[top - 1]
+                operand = rows[slots[top - 1]]
+                result = rows[work + top - 1]
                 for i in range(n_points):
-                    v = row[i]
+                    v = operand[i]
                     if code == 4:
                         v = math.sin(v)
                     elif code == 5:
@@ -85,8 +96,9 @@ def _sse_batch(codes, starts, constants, columns, y, stack, out):
                         v = math.sqrt(abs(v))
                     else:
                         v = abs(v)
-                    row[i] = v
-        prediction = stack[0]
+                    result[i] = v
+                slots[top - 1] = work + top - 1
+        prediction = rows[slots[0]]
         sse = 0.0
         for i in range(n_points):
             v = prediction[i]
@@ -119,7 +131,8 @@ class BatchScorer:
         self._codes: dict = {symbol: OPCODES.index(symbol) for symbol in OPCODES}
         self._codes.update({f"x{i}": VARIABLE_BASE + i for i in range(self.n_vars)})
         self._constants: list[float] = []
-        self._stack = np.empty((32, len(self.y)))
+        self._slots = np.empty(32, dtype=np.int64)  # the kernel's stack (row numbers)
+        self._rows = self._kernel_rows()
 
     def _code(self, token) -> int:
         code = self._codes.get(token)
@@ -128,7 +141,15 @@ class BatchScorer:
                 raise KeyError(token)  # unknown variable or operator
             code = self._codes[token] = CONSTANT_BASE + len(self._constants)
             self._constants.append(token)
+            self._rows = self._kernel_rows()
         return code
+
+    def _kernel_rows(self) -> np.ndarray:
+        """The kernel's rows: data columns, one row per constant, one work row per stack slot."""
+        n_points = len(self.y)
+        constants = np.repeat(np.array(self._constants, dtype=np.float64)[:, None], n_points, axis=1)
+        work = np.empty((len(self._slots), n_points))
+        return np.ascontiguousarray(np.concatenate([self.columns, constants.reshape(-1, n_points), work]))
 
     def sse(self, trees: list[tuple]) -> np.ndarray:
         """Sum of squared residuals per tree; inf marks an invalid tree."""
@@ -149,19 +170,21 @@ class BatchScorer:
                     invalid.append(index)
             starts.append(len(codes))
             longest = max(longest, len(tree))
-        if longest > self._stack.shape[0]:
-            self._stack = np.empty((longest, len(self.y)))
+        if longest > len(self._slots):
+            self._slots = np.empty(longest, dtype=np.int64)
+            self._rows = self._kernel_rows()
         out = np.empty(len(trees))
         _sse_batch_compiled(
             np.array(codes, dtype=np.int32),
             np.array(starts, dtype=np.int64),
-            np.array(self._constants or [0.0]),
-            self.columns,
+            self._rows,
+            self.n_vars,
             self.y,
-            self._stack,
+            self._slots,
             out,
         )
-        out[invalid] = math.inf
+        if invalid:
+            out[invalid] = math.inf
         return out
 
     def _reference_sse(self, tree: tuple) -> float:

@@ -23,6 +23,8 @@ Generation 0 is the initial population; its individuals have no parents.
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 import expressions as ex
@@ -50,7 +52,10 @@ class TrajectoryRecorder:
     def add_generation(self, population, fitnesses, parents, origins, best_index: int, best_mse: float) -> None:
         """Record one generation (trees as prefix tuples, parents as index tuples)."""
         index = self._index
-        self._population.append([index.setdefault(tree, len(index)) for tree in population])
+        row = [index.get(tree) for tree in population]  # most trees were seen before
+        if None in row:
+            row = [index.setdefault(tree, len(index)) for tree in population]
+        self._population.append(row)
         self._fitnesses.append(fitnesses)
         self._parents.append(parents)
         self._origins.append(origins)
@@ -59,12 +64,20 @@ class TrajectoryRecorder:
 
     def finish(self) -> dict:
         population = np.array(self._population, dtype=np.int32)
-        origin_names = list(dict.fromkeys(o for row in self._origins for o in row))
+        all_origins = list(chain.from_iterable(self._origins))
+        origin_names = list(dict.fromkeys(all_origins))
         origin_code = {name: code for code, name in enumerate(origin_names)}
-        padding = (NO_PARENT, NO_PARENT)
-        parents = np.array(
-            [[(tuple(p) + padding)[:2] for p in row] for row in self._parents], dtype=np.int32
-        ).reshape(population.shape + (2,))
+        # Parent tuples hold 0, 1 or 2 indices: pad each to 2 with NO_PARENT.
+        # (One flat list extended in a loop: 4x faster than a tuple per slot.)
+        padding = ((NO_PARENT, NO_PARENT), (NO_PARENT,), ())
+        flat: list[int] = []
+        extend = flat.extend
+        for row in self._parents:
+            for slot_parents in row:
+                extend(slot_parents)
+                extend(padding[len(slot_parents)])
+        parents = np.array(flat, dtype=np.int32).reshape(population.shape + (2,))
+        origins = np.fromiter(map(origin_code.__getitem__, all_origins), dtype=np.uint8, count=len(all_origins))
         fitnesses = np.array(self._fitnesses, dtype=np.float32)
         best_index = np.array(self._best_index, dtype=np.int32)
         sorted_rows = np.sort(population, axis=1)
@@ -73,7 +86,7 @@ class TrajectoryRecorder:
             "population": population,
             "fitnesses": fitnesses,
             "parents": parents,
-            "origins": np.array([[origin_code[o] for o in row] for row in self._origins], dtype=np.uint8),
+            "origins": origins.reshape(population.shape),
             "origin_names": origin_names,
             "best_index": best_index,
             "best_fitness": fitnesses[np.arange(len(best_index)), best_index],
@@ -86,17 +99,19 @@ class TrajectoryRecorder:
 
 def ancestors_of(parents: np.ndarray, final_index: int) -> list[list[int]]:
     """Per generation, the slots of all ancestors of individual `final_index` of the last generation."""
-    n_generations = parents.shape[0]
+    rows = parents.tolist()  # Python ints: indexing a numpy array per slot is ~10x slower
     current = {final_index}
-    chain: list[list[int]] = [sorted(current)]
-    for generation in range(n_generations - 1, 0, -1):
+    ancestry: list[list[int]] = [sorted(current)]
+    for generation in range(len(rows) - 1, 0, -1):
+        row = rows[generation]
         previous: set[int] = set()
         for slot in current:
-            previous.update(int(p) for p in parents[generation, slot] if p != NO_PARENT)
+            previous.update(row[slot])
+        previous.discard(NO_PARENT)
         current = previous
-        chain.append(sorted(current))
-    chain.reverse()
-    return chain
+        ancestry.append(sorted(current))
+    ancestry.reverse()
+    return ancestry
 
 
 def n_generations(trajectory: dict) -> int:

@@ -31,7 +31,7 @@ DEFAULTS = {
     "verbose": False,
 }
 
-KNOWN_ORIGINS = {"init", "elite", "crossover", "copy", "restart"} | {f"mutation_{k}" for k in MUTATION_WEIGHTS}
+KNOWN_ORIGINS = {"init", "elite", "crossover", "copy", "restart", "neighbour"} | {f"mutation_{k}" for k in MUTATION_WEIGHTS}
 
 
 def _xy(function, n_points=40, n_vars=1, seed=0, low=-3.0, high=3.0):
@@ -250,7 +250,8 @@ def test_time_limit_stops_early():
     model = BasicSR(population_size=30, num_generations=10**7, time_limit=0.3, seed=0).fit(X, y)
     assert model.n_generations_ < 10**7
     assert model.fit_time_ < 5.0
-    assert model.n_evaluations_ == 30 * (model.n_generations_ + 1)
+    # Every individual counted, plus the elite's neighbours at restarts (counted exactly elsewhere).
+    assert model.n_evaluations_ >= 30 * (model.n_generations_ + 1)
 
 
 def test_tournament_p_below_one_runs():
@@ -393,7 +394,14 @@ def _check_trajectory_invariants(model):
         assert "elite" not in origins[g, 1:]
         restarted[g] = "restart" in origins[g]
         if restarted[g]:
-            assert set(origins[g, 1:]) == {"restart"}
+            # The elite's best neighbours, then fresh seeds.
+            n_neighbours = int(np.sum(origins[g] == "neighbour"))
+            assert n_neighbours <= basic_sr.RESTART_NEIGHBOURS
+            assert set(origins[g, 1 + n_neighbours :]) == {"restart"}
+            elite_tree = expressions[population[g, 0]]
+            for slot in range(1, 1 + n_neighbours):
+                assert origins[g, slot] == "neighbour"
+                assert expressions[population[g, slot]] in model.elite_neighbours(elite_tree)
         for slot in range(1, P):
             origin = origins[g, slot]
             first, second = parents[g, slot]
@@ -401,6 +409,8 @@ def _check_trajectory_invariants(model):
                 assert first >= 0 and second >= 0
             elif origin.startswith("mutation_") or origin == "copy":
                 assert first >= 0 and second == -1
+            elif origin == "neighbour":
+                assert first == elite_parent and second == -1
             else:
                 assert origin == "restart" and first == second == -1, origin
         assert "init" not in origins[g]
@@ -469,7 +479,14 @@ def test_trajectory_invariants_with_restarts():
                     collect_trajectory=True).fit(X, y)
     trajectory = _check_trajectory_invariants(model)
     assert "restart" in trajectory["origin_names"]
-    assert model.n_evaluations_ == 15 * (model.n_generations_ + 1)
+    # Every individual counts, and so does every neighbour of the elite scored at a restart.
+    expressions = trajectory["expressions"]
+    restarts = [g for g in range(1, model.n_generations_ + 1)
+                if "restart" in tj.origins_at(trajectory, g)]
+    neighbours_scored = sum(len(model.elite_neighbours(expressions[trajectory["population"][g, 0]]))
+                            for g in restarts)
+    assert restarts and neighbours_scored > 0
+    assert model.n_evaluations_ == 15 * (model.n_generations_ + 1) + neighbours_scored
 
 
 # --------------------------------------------------------------------------
@@ -627,3 +644,40 @@ def test_score_and_score_population(fitted):
     assert scores[0] == scores[1] == fitness
     assert scores[2] == -math.inf
     assert fitted.score(("log", "-", "x0", "x0")) == (-math.inf, math.inf)
+
+
+def test_elite_neighbours_are_one_building_block_away():
+    X, y = problems.get_problem("quadratic_formula_discriminant").sample(seed=0)
+    model = BasicSR(population_size=20, num_generations=0, max_size=25, max_depth=10, seed=0).fit(X, y)
+    # The discriminant's typical local optimum: 1 - 4 x0 x2, missing x1 * x1.
+    stalled = parse("1.0 - (x2 + x2 + x2 + x2) * x0")
+    state = model._stream.generator.bit_generator.state
+    neighbours = model.elite_neighbours(stalled)
+    assert model._stream.generator.bit_generator.state == state  # no random draws
+    assert neighbours == model.elite_neighbours(stalled)
+    assert len(neighbours) == len(set(neighbours)) and stalled not in neighbours
+    assert all(len(t) <= model.max_size and ex.depth(t) <= model.max_depth for t in neighbours)
+    assert parse("x1 * x1 - (x2 + x2 + x2 + x2) * x0") in neighbours  # the leaf 1.0 replaced by x1 * x1
+    assert ("+",) + stalled + ("x0",) in neighbours  # the root extended
+    # Every neighbour differs from the elite in one place: a leaf -> a block, or a new root.
+    for tree in neighbours:
+        if tree[0] in ("+", "-") and tree[1 : 1 + len(stalled)] == stalled:
+            continue
+        prefix = next(i for i, (a, b) in enumerate(zip(tree, stalled)) if a != b)
+        assert stalled[prefix] not in ex.ARITY
+        assert tree[:prefix] + tree[ex.subtree_end(tree, prefix):] == stalled[:prefix] + stalled[prefix + 1:]
+
+
+def test_a_restart_scores_the_elite_neighbours_and_keeps_the_best():
+    X, y = problems.get_problem("quadratic_formula_discriminant").sample(seed=0)
+    model = BasicSR(population_size=20, num_generations=0, max_size=25, max_depth=10, seed=0).fit(X, y)
+    stalled = parse("1.0 - (x2 + x2 + x2 + x2) * x0")
+    before = model.n_evaluations_
+    children, parents, origins = model.restart_population(stalled, 7, generation=300)
+    assert model.n_evaluations_ == before + len(model.elite_neighbours(stalled))
+    assert len(children) == 20 and children[0] == stalled
+    assert origins[: 1 + basic_sr.RESTART_NEIGHBOURS] == ["elite"] + ["neighbour"] * basic_sr.RESTART_NEIGHBOURS
+    assert parents[: 1 + basic_sr.RESTART_NEIGHBOURS] == [(7,)] * (1 + basic_sr.RESTART_NEIGHBOURS)
+    assert set(origins[1 + basic_sr.RESTART_NEIGHBOURS :]) == {"restart"}
+    assert children[1] == parse("x1 * x1 - (x2 + x2 + x2 + x2) * x0")  # the exact formula is the best neighbour
+    assert model.score(children[1])[1] < 1e-20
