@@ -213,6 +213,19 @@ def is_solved(model_or_expression, problem: Problem, n_points: int = SOLVED_POIN
     return _nmse(expression, problem, n_points, seed) < NMSE_THRESHOLD
 
 
+def is_solved_by_predictions(predict, problem: Problem, n_points: int = SOLVED_POINTS, seed: int = SOLVED_SEED) -> bool:
+    """is_solved's test on a model's own predictions (`predict(X) -> y_hat`).
+
+    For peers (gplearn, Operon) whose expression semantics differ from ours
+    (gplearn's protected division returns 1 where |d| <= 0.001): the same
+    points and threshold, judged on what the model itself computes.
+    """
+    X, y = problem.sample(seed=seed, n_points=n_points)
+    with np.errstate(all="ignore"):
+        predictions = np.asarray(predict(X), dtype=np.float64)
+    return nmse(predictions, y) < NMSE_THRESHOLD
+
+
 def symbolically_equivalent(expression: tuple, problem: Problem, max_size: int = 40) -> bool | None:
     """sympy's verdict on expression == problem; None when undetermined.
 

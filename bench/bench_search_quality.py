@@ -29,9 +29,10 @@ evaluates gplearn's `div` as ttsr's `/` (guard at |d| < 1e-10), whereas
 gplearn's protected division returns 1 when |d| <= 0.001, and gplearn does
 find programs such as `add(..., div(X0, X0))` plus `div(c, sub(X0, X0))`
 terms that are exact only under its own rule. So gplearn is also judged on
-its own predictions (`model.predict` on is_solved's 1000 points, same NMSE
-< 1e-10 test): the "gplearn (own div)" column. Target: BasicSR solves at
-least as many as gplearn (both counts are printed).
+its own predictions (`problems.is_solved_by_predictions`: is_solved's 1000
+points, same NMSE < 1e-10 test): the "gplearn (own div)" column. The
+conversion lives in peers.py, shared with simple_evaluation.py. Target:
+BasicSR solves at least as many as gplearn (both counts are printed).
 
 Runs are independent (problem, method, seed) jobs spread over `--workers`
 processes; every job is seeded and uses no time limit, so the results do not
@@ -52,15 +53,14 @@ import sys
 import time
 import warnings
 
-import numpy as np
-
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 import problems  # noqa: E402
 from basic_sr import BasicSR  # noqa: E402
-from expression_parser import ParseError, parse  # noqa: E402
+from evaluation import generations_to_solve  # noqa: E402
+from peers import gplearn_expression  # noqa: E402
 
 MAX_SIZE = 25
 MAX_DEPTH = 10
@@ -74,71 +74,7 @@ PROTOTYPE_A = 33
 
 
 # ----------------------------------------------------------------------
-# gplearn -> ttsr syntax
-
-
-def gplearn_program_to_text(program) -> str:
-    """A gplearn `_Program` (or its node list) as function-call text in ttsr's syntax.
-
-    Functions keep their names (add, sub, mul, div: aliases the parser
-    knows), feature i becomes `xi` and constants are written with repr (full
-    precision).
-    """
-    nodes = getattr(program, "program", program)
-    parts: list[str] = []
-    pending: list[int] = []  # arguments still expected by each open call
-    for node in nodes:
-        if hasattr(node, "arity"):
-            parts.append(f"{node.name}(")
-            pending.append(node.arity)
-            continue
-        parts.append(f"x{node}" if isinstance(node, int) else repr(float(node)))
-        while pending:
-            pending[-1] -= 1
-            if pending[-1] > 0:
-                parts.append(", ")
-                break
-            pending.pop()
-            parts.append(")")
-    return "".join(parts)
-
-
-def gplearn_expression(program) -> tuple[tuple | None, str, str | None]:
-    """(expression tuple or None, our text, parse error or None)."""
-    text = gplearn_program_to_text(program)
-    try:
-        return parse(text), text, None
-    except ParseError as error:
-        return None, text, str(error)
-
-
-def gplearn_solved_own_semantics(model, problem) -> bool:
-    """is_solved's test (NMSE < 1e-10 on the same 1000 fresh points) on gplearn's own predictions.
-
-    Differs from the converted-program verdict only where gplearn's protected
-    division (1 when |d| <= 0.001) matters, e.g. `div(X0, sub(X0, X0))`.
-    """
-    X, y = problem.sample(seed=problems.SOLVED_SEED, n_points=problems.SOLVED_POINTS)
-    with np.errstate(all="ignore"):
-        predictions = model.predict(X)
-        if not np.all(np.isfinite(predictions)):
-            return False
-        mse = float(np.mean((predictions - y) ** 2))
-        variance = float(np.var(y))
-    nmse = mse / variance if variance > 0 else mse
-    return bool(nmse < problems.NMSE_THRESHOLD)
-
-
-# ----------------------------------------------------------------------
 # Jobs
-
-
-def _generations_to_solve(model: BasicSR) -> int:
-    goal = max(model.best_mse_, model.early_stop_threshold or 0.0)
-    for generation, mse in enumerate(model.best_mse_history_):
-        if mse <= goal:
-            return generation
-    return model.n_generations_
 
 
 def run_job(job: tuple) -> dict:
@@ -162,7 +98,8 @@ def run_job(job: tuple) -> dict:
             "expression": model.best_expression_,
             "mse": model.best_mse_,
             "generations": model.n_generations_,
-            "generations_to_solve": _generations_to_solve(model) if solved else None,
+            "generations_to_solve": generations_to_solve(model.best_mse_history_, model.best_mse_,
+                                                         model.early_stop_threshold or 0.0) if solved else None,
             "evaluations": model.n_evaluations_,
         }
     else:
@@ -175,7 +112,7 @@ def run_job(job: tuple) -> dict:
         expression, text, error = gplearn_expression(model._program)
         solved = expression is not None and problems.is_solved(expression, problem)
         result = {
-            "solved_own_semantics": gplearn_solved_own_semantics(model, problem),
+            "solved_own_semantics": problems.is_solved_by_predictions(model.predict, problem),
             "expression": text,
             "gplearn_program": str(model._program),
             "parse_error": error,
@@ -272,7 +209,7 @@ def report_b(results: list[dict], with_gplearn: bool) -> dict:
     names = _names(PART_B["tiers"])
     seeds = PART_B["seeds"]
     methods = ["basic_sr"] + (["gplearn"] if with_gplearn else [])
-    # (column, method, result key): gplearn is judged twice, see gplearn_solved_own_semantics.
+    # (column, method, result key): gplearn is judged twice, see problems.is_solved_by_predictions.
     columns = [("BasicSR", "basic_sr", "solved")]
     if with_gplearn:
         columns += [("gplearn", "gplearn", "solved"), ("gplearn (own div)", "gplearn", "solved_own_semantics")]

@@ -179,6 +179,13 @@ def test_is_solved_uses_fresh_points_from_its_own_seed():
     assert is_solved("x0 / (x0 + 1)", problem, n_points=10, seed=0)
 
 
+def test_is_solved_by_predictions_judges_a_models_own_outputs():
+    problem = get_problem("rational_division")
+    assert problems.is_solved_by_predictions(lambda X: X[:, 0] / (X[:, 0] + 1.0), problem)
+    assert not problems.is_solved_by_predictions(lambda X: X[:, 0], problem)
+    assert not problems.is_solved_by_predictions(lambda X: np.full(len(X), np.nan), problem)
+
+
 def test_solution_report():
     cubic = get_problem("cubic")
     good = solution_report("x0 * (x0 - 1) * (x0 - 1)", cubic)
