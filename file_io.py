@@ -6,18 +6,28 @@ one loading policy.
 
 File layout
 -----------
-A data file (conventionally ``*.pkl.gz``) is a gzip stream holding one
-pickle (protocol 5) of a plain dict::
+A data file (conventionally ``*.pkl.gz``) is a gzip stream holding a header
+pickle (protocol 5) of a plain dict, then one pickle per record::
 
     {
-        "format":   "ttsr",
-        "kind":     "traces",        # a key of FORMAT_VERSIONS
-        "version":  1,               # FORMAT_VERSIONS[kind] when written
-        "metadata": {...},           # provenance, see make_metadata()
-        "records":  [...],           # the stage's payload
+        "format":    "ttsr",
+        "kind":      "traces",       # a key of FORMAT_VERSIONS
+        "version":   1,              # FORMAT_VERSIONS[kind] when written
+        "metadata":  {...},          # provenance, see make_metadata()
+        "n_records": 1000,           # the pickles that follow
     }
+    record 0
+    record 1 ...
 
-The gzip header has mtime 0 and no file name, so saving the same data twice
+Each pickle is its own gzip member (`encode_record`), and gzip members
+concatenate into one stream, so a worker process can pickle and compress its
+records in parallel and the writer only joins bytes (`save_encoded`): trace
+generation saves 1,000 traces without a serial compression step, and a record
+has the same bytes however it reached the file (one process, a pool, a resumed
+or merged run). Files of the earlier single-pickle layout (one dict holding
+"records") still load.
+
+The gzip headers have mtime 0 and no file name, so saving the same data twice
 gives identical bytes and file hashes can be compared. Writes are atomic: a
 temporary file in the target folder is fsynced and then renamed over the final
 name, so a crash never leaves a half-written file under the real name.
@@ -40,6 +50,7 @@ human-readable outputs and use the same atomic write.
 import builtins
 import datetime
 import gzip
+import io
 import json
 import os
 import pickle
@@ -137,6 +148,10 @@ class _Refused(Exception):
     """Raised inside unpickling; `load` turns it into a DataFileError."""
 
 
+class _Malformed(Exception):
+    """A readable stream that is not laid out as a data file."""
+
+
 def _plain_dtype(*args, **kwargs) -> np.dtype:
     """Build a dtype, refusing object dtypes (also nested in structured ones)."""
     dtype = np.dtype(*args, **kwargs)
@@ -231,7 +246,7 @@ def _fsync_folder(folder: Path) -> None:
 # --- data files ----------------------------------------------------------------
 
 def save(path, kind: str, records, metadata: dict, *, overwrite: bool = True) -> Path:
-    """Atomically write `records` and `metadata` as a ttsr data file.
+    """Atomically write `records` (a list) and `metadata` as a ttsr data file.
 
     `kind` must be a key of FORMAT_VERSIONS. Records may hold builtin
     containers and scalars, numpy arrays, numpy scalars and dtypes (no object
@@ -239,20 +254,39 @@ def save(path, kind: str, records, metadata: dict, *, overwrite: bool = True) ->
     ``overwrite=False`` an existing file raises FileExistsError.
     Returns the path written.
     """
+    if not isinstance(records, (list, tuple)):
+        raise TypeError(f"records must be a list, not {type(records).__name__}")
+    return save_encoded(path, kind, [encode_record(record) for record in records], metadata,
+                        overwrite=overwrite)
+
+
+def encode_record(record) -> bytes:
+    """One record as it is stored: a gzip member of its (checked) pickle.
+
+    Deterministic: the same record gives the same bytes in any process, so
+    workers can encode and the parent only joins (see `save_encoded`).
+    """
+    buffer = io.BytesIO()
+    _CheckedPickler(buffer, protocol=PICKLE_PROTOCOL).dump(record)
+    return gzip.compress(buffer.getvalue(), compresslevel=COMPRESS_LEVEL, mtime=0)
+
+
+def save_encoded(path, kind: str, encoded_records, metadata: dict, *, overwrite: bool = True) -> Path:
+    """Like `save`, for records already encoded by `encode_record` (e.g. in worker processes)."""
     if kind not in FORMAT_VERSIONS:
         raise ValueError(f"unknown file kind {kind!r}; known: {sorted(FORMAT_VERSIONS)}")
-    payload = {
+    encoded_records = list(encoded_records)
+    header = {
         "format": FORMAT_NAME,
         "kind": kind,
         "version": FORMAT_VERSIONS[kind],
         "metadata": dict(metadata),
-        "records": records,
+        "n_records": len(encoded_records),
     }
     with atomic_open(path, "wb", overwrite=overwrite) as raw:
-        # filename="" keeps the temporary name out of the gzip header.
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=COMPRESS_LEVEL,
-                           mtime=0, filename="") as stream:
-            _CheckedPickler(stream, protocol=PICKLE_PROTOCOL).dump(payload)
+        raw.write(encode_record(header))
+        for member in encoded_records:
+            raw.write(member)
     return Path(path)
 
 
@@ -269,9 +303,9 @@ def load(path, kind=None) -> LoadedFile:
         raise DataFileError(f"{path}: file is empty")
     if not _starts_with(path, GZIP_MAGIC):
         raise DataFileError(f"{path}: not a gzip file")
-    payload = _unpickle(path)
-    file_kind, version = _check_header(path, payload, kind)
-    return LoadedFile(payload["records"], payload["metadata"], file_kind, version, Path(path))
+    header, records = _unpickle(path)
+    file_kind, version = _check_header(path, header, kind)
+    return LoadedFile(records, header["metadata"], file_kind, version, Path(path))
 
 
 def _file_size(path) -> int:
@@ -296,12 +330,21 @@ def _starts_with(path, prefix: bytes) -> bool:
 
 
 def _unpickle(path):
-    """Decompress and safely unpickle, converting every failure to DataFileError."""
+    """(header, records): decompress and safely unpickle, every failure a DataFileError."""
     try:
         with gzip.open(path, "rb") as stream:
-            payload = _SafeUnpickler(stream).load()
+            header = _SafeUnpickler(stream).load()
+            if isinstance(header, dict) and "records" in header:  # the earlier single-pickle layout
+                records = header["records"]
+            else:
+                count = header.get("n_records") if isinstance(header, dict) else None
+                if type(count) is not int or count < 0:
+                    raise _Malformed("no record count in the header")
+                records = [_SafeUnpickler(stream).load() for _ in range(count)]
             # Reading to the end makes gzip verify its checksum and length.
             trailing = stream.read(1)
+    except _Malformed as exc:
+        raise DataFileError(f"{path}: not a {FORMAT_NAME} data file ({exc})") from None
     except _Refused as exc:
         raise DataFileError(f"{path}: refused to load {exc} ({_POLICY})") from None
     except gzip.BadGzipFile as exc:  # e.g. a failed checksum
@@ -313,15 +356,15 @@ def _unpickle(path):
             f"{path}: corrupt data file ({type(exc).__name__}: {_one_line(exc)})"
         ) from None
     if trailing:
-        raise DataFileError(f"{path}: corrupt data file (unexpected data after the pickle)")
-    return payload
+        raise DataFileError(f"{path}: corrupt data file (unexpected data after the records)")
+    return header, records
 
 
 def _check_header(path, payload, expected) -> tuple:
     """Validate the envelope dict; return the file's (kind, version)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise DataFileError(f"{path}: not a {FORMAT_NAME} data file")
-    missing = {"kind", "version", "metadata", "records"} - payload.keys()
+    missing = {"kind", "version", "metadata"} - payload.keys()
     if missing:
         raise DataFileError(f"{path}: {FORMAT_NAME} file lacks {sorted(missing)}")
     kind, version = payload["kind"], payload["version"]

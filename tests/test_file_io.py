@@ -376,3 +376,60 @@ def test_exit_helper_lets_other_errors_through():
     with pytest.raises(KeyError):
         with file_io.exit_on_data_error():
             raise KeyError("x")
+
+
+# --- the record-stream layout ------------------------------------------------
+
+def test_records_encoded_anywhere_give_the_same_file(tmp_path):
+    # Records pickled and compressed one by one (by workers) and joined give
+    # the bytes save() writes, and load back as the records.
+    saved = save(tmp_path / "saved.pkl.gz", "traces", _records(), _metadata())
+    encoded = [file_io.encode_record(record) for record in _records()]
+    joined = file_io.save_encoded(tmp_path / "joined.pkl.gz", "traces", encoded, _metadata())
+    assert saved.read_bytes() == joined.read_bytes()
+    _assert_same(load(joined, kind="traces").records, _records())
+    # Each record is its own gzip member: the file is the header member plus them.
+    header = file_io.encode_record({"format": "ttsr", "kind": "traces", "version": file_io.FORMAT_VERSIONS["traces"],
+                                    "metadata": _metadata(), "n_records": 2})
+    assert joined.read_bytes() == header + b"".join(encoded)
+
+
+def test_earlier_single_pickle_layout_still_loads(tmp_path):
+    path = tmp_path / "old.pkl.gz"
+    _write_raw(path, _envelope(_records()))
+    _assert_same(load(path, kind="traces").records, _records())
+
+
+def test_missing_records_are_a_truncated_file(tmp_path):
+    path = file_io.save_encoded(tmp_path / "short.pkl.gz", "traces", [file_io.encode_record(1)], {})
+    data = path.read_bytes()
+    # Claim three records, store one.
+    header = file_io.encode_record({"format": "ttsr", "kind": "traces", "version": 1, "metadata": {},
+                                    "n_records": 3})
+    path.write_bytes(header + data[len(file_io.encode_record({"format": "ttsr", "kind": "traces", "version": 1,
+                                                              "metadata": {}, "n_records": 1})):])
+    with pytest.raises(DataFileError, match="truncated"):
+        load(path)
+
+
+def test_a_malicious_record_after_the_header_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl.gz"
+    header = file_io.encode_record({"format": "ttsr", "kind": "traces", "version": 1, "metadata": {}, "n_records": 1})
+    path.write_bytes(header + gzip.compress(pickle.dumps(_Evil(f"echo pwned > {marker}"), protocol=5)))
+    with pytest.raises(DataFileError, match="refused to load"):
+        load(path)
+    assert not marker.exists()
+
+
+def test_a_header_without_a_record_count_is_not_a_data_file(tmp_path):
+    path = tmp_path / "nocount.pkl.gz"
+    _write_raw(path, {"format": "ttsr", "kind": "traces", "version": 1, "metadata": {}})
+    with pytest.raises(DataFileError, match="not a ttsr data file"):
+        load(path)
+
+
+def test_save_wants_a_list_of_records(tmp_path):
+    with pytest.raises(TypeError, match="records must be a list"):
+        save(tmp_path / "x.pkl.gz", "traces", {"a": 1}, {})
+    assert not (tmp_path / "x.pkl.gz").exists()
