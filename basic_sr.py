@@ -127,7 +127,8 @@ class BasicSR:
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        signature = inspect.signature(BasicSR.__init__)
+        # The class's own signature, so a subclass's extra parameters (NeuralSR's) count too.
+        signature = inspect.signature(cls.__init__)
         return [name for name in signature.parameters if name != "self"]
 
     def get_params(self, deep: bool = True) -> dict:
@@ -152,7 +153,7 @@ class BasicSR:
         return self
 
     def __repr__(self) -> str:
-        defaults = {n: p.default for n, p in inspect.signature(BasicSR.__init__).parameters.items()}
+        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
         return f"{type(self).__name__}({', '.join(changed)})"
 
@@ -195,11 +196,9 @@ class BasicSR:
 
     def fit(self, X, y) -> "BasicSR":
         """Evolve expressions for y ~ f(X); returns self."""
-        X, y = _check_data(X, y)
-        self._validate_params()
-        self._setup(X, y)
-        with np.errstate(all="ignore"):
-            self._evolve()
+        going = self.begin(X, y)
+        while going:
+            going = self.step()
         return self
 
     def _setup(self, X: np.ndarray, y: np.ndarray) -> None:
@@ -219,26 +218,44 @@ class BasicSR:
         self._last_improvement = 0
         self._last_restart = 0
 
-    def _evolve(self) -> None:
-        start = time.perf_counter()
-        population = self.initial_population()
-        origins = ["init"] * len(population)
-        parents: list[tuple[int, ...]] = [()] * len(population)
-        fitnesses = self.score_population(population)
-        recorder = TrajectoryRecorder() if self.collect_trajectory else None
+    # A fit is `begin` then `step` until it returns False. Batched searches
+    # (batched_neural_sr.py) run many estimators in lockstep through these.
+
+    def begin(self, X, y) -> bool:
+        """Start a fit: make, score and record generation 0; True while generations remain."""
+        X, y = _check_data(X, y)
+        self._validate_params()
+        self._setup(X, y)
+        self._start = time.perf_counter()
+        self._recorder = TrajectoryRecorder() if self.collect_trajectory else None
         self.best_mse_history_ = []
-        generation = 0
-        while True:
-            self._track_best(population, fitnesses, generation, recorder, parents, origins)
-            if self._should_stop(generation, start):
-                break
-            generation += 1
-            population, parents, origins = self.generate_new_population(population, fitnesses, generation)
-            fitnesses = self.score_population(population)
-        self.n_generations_ = generation
-        self.fit_time_ = time.perf_counter() - start
-        if recorder is not None:
-            self.trajectory_ = recorder.finish()
+        self._generation = 0
+        with np.errstate(all="ignore"):
+            population = self.initial_population()
+            return self._accept(population, [()] * len(population), ["init"] * len(population))
+
+    def step(self) -> bool:
+        """Evolve one generation; False once the run has stopped (the fitted attributes are then set)."""
+        self._generation += 1
+        with np.errstate(all="ignore"):
+            children = self.generate_new_population(self._population, self._fitnesses, self._generation)
+            return self._accept(*children)
+
+    def _accept(self, population, parents, origins) -> bool:
+        """Score and record a new generation, then decide whether to go on."""
+        self._population, self._fitnesses = population, self.score_population(population)
+        self._track_best(population, self._fitnesses, self._generation, self._recorder, parents, origins)
+        if not self._should_stop(self._generation, self._start):
+            return True
+        self._finish()
+        return False
+
+    def _finish(self) -> None:
+        self.n_generations_ = self._generation
+        self.fit_time_ = time.perf_counter() - self._start
+        if self._recorder is not None:
+            self.trajectory_ = self._recorder.finish()
+            self._recorder = None
 
     def _track_best(self, population, fitnesses, generation, recorder, parents, origins) -> None:
         best = int(np.argmax(fitnesses))

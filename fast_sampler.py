@@ -569,7 +569,7 @@ class SharedPrefixSampler:
     def sample_tensor(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
                       temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
                       pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
-                      prefix_embeds=None, prefix_mask=None, points=None, point_mask=None):
+                      prefix_embeds=None, prefix_mask=None, points=None, point_mask=None, uniforms=None):
         """Like `sample`, as tensors on the CPU: tokens (B, S, T') and lengths (B, S) (T' <= max_new_tokens).
 
         tokens[b, s, :lengths[b, s]] are the generated ids (the last one EOS
@@ -591,7 +591,11 @@ class SharedPrefixSampler:
                              f"max_position_embeddings={self.max_positions}")
         B, S, T = ids.shape[0], int(n_samples), int(max_new_tokens)
         L = self._runner_length(B, S, T, config, ids.shape[1] + n_prefix)
-        uniforms = self._uniforms((T, B, S), seed, generator)
+        if uniforms is None:
+            uniforms = self._uniforms((T, B, S), seed, generator)
+        elif tuple(uniforms.shape) != (T, B, S):
+            raise ValueError(f"uniforms must have shape (max_new_tokens, B, n_samples) = {(T, B, S)}, "
+                             f"got {tuple(uniforms.shape)}")
 
         runner = self._runner(B, S, T, L, config)
         st = runner.state
@@ -622,7 +626,8 @@ class SharedPrefixSampler:
     def sample(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
                pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
-               prefix_embeds=None, prefix_mask=None, points=None, point_mask=None) -> list[list[list[int]]]:
+               prefix_embeds=None, prefix_mask=None, points=None, point_mask=None,
+               uniforms=None) -> list[list[list[int]]]:
         """`n_samples` continuations of each prompt: result[b][s] = ids up to and including EOS (or max_new_tokens).
 
         prompt_ids: one list of token ids per problem (any lengths; left-padded
@@ -631,10 +636,14 @@ class SharedPrefixSampler:
         `seed` (or a CPU/CUDA torch.Generator `generator`, advanced by the call).
         A PrefixLM's prefix: `prefix_embeds` (B, P, hidden) with `prefix_mask`
         (B, P), or `points`/`point_mask` (point_embedder.encode_points) run
-        through the wrapper's embedder.
+        through the wrapper's embedder. `uniforms` (max_new_tokens, B,
+        n_samples) in [0, 1), instead of a seed: the draws themselves, so a
+        caller can give every problem its own seeded stream and a problem's
+        samples do not depend on which problems share its batch.
         """
         tokens, lengths = self.sample_tensor(prompt_ids, n_samples, max_new_tokens, temperature, top_k, top_p, eos_id,
-                                             pad_id, seed, generator, prefix_embeds, prefix_mask, points, point_mask)
+                                             pad_id, seed, generator, prefix_embeds, prefix_mask, points, point_mask,
+                                             uniforms)
         rows, counts = tokens.tolist(), lengths.tolist()
         return [[row[:count] for row, count in zip(problem, problem_counts)]
                 for problem, problem_counts in zip(rows, counts)]

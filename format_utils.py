@@ -441,10 +441,19 @@ class PromptState:
     context_type: str = "basic"
 
 
-def prompt_for_state(state: PromptState, cache: ContextCache | None = None) -> str:
-    """The prompt for a state; used by the trace conversions and by NeuralSR alike."""
+def context_for_state(state: PromptState, cache: ContextCache | None = None) -> str:
+    """The context text of a state (the part of its prompt between <CONTEXT> and <POPULATION>)."""
     context = (cache or _DEFAULT_CACHE).get(
         state.context_type, state.n_vars, state.binary_operators, state.unary_operators,
         state.constants, state.X, state.y,
     )
-    return build_prompt(context.text(state.generation), format_population(state.population, state.fitnesses))
+    return context.text(state.generation)
+
+
+def prompt_for_state(state: PromptState, cache: ContextCache | None = None) -> str:
+    """The prompt for a state; used by the trace conversions and by NeuralSR alike.
+
+    NeuralSR builds the same prompt as token ids from cached pieces
+    (token_codec.PromptEncoder); a test checks the ids against this text.
+    """
+    return build_prompt(context_for_state(state, cache), format_population(state.population, state.fitnesses))

@@ -1,4 +1,4 @@
-"""Run BasicSR on every expression of an expressions file and save the traces.
+"""Run BasicSR (or NeuralSR, --checkpoint) on every expression of an expressions file and save the traces.
 
     python generate_traces.py --expressions_file datasets/expressions/arith_1k_c05_X.pkl.gz \\
         --num_generations 1000 --workers 2
@@ -58,8 +58,23 @@ id-sorted list) with p % N == i into ``<name>.shard{i}of{N}.pkl.gz``;
 --merge_shards N with the same other arguments checks and joins them into
 ``<name>.pkl.gz``.
 
-NeuralSR traces (--checkpoint, --batch_size) are not available yet; the flags
-exist and exit 2.
+NeuralSR traces
+---------------
+--checkpoint PATH runs NeuralSR (neural_sr.py) instead of BasicSR, through
+BatchedNeuralSR: --batch_size problems advance in lockstep, one model call per
+generation for all of them (batched_neural_sr.py). Sampling: --mode,
+--temperature, --top_k, --top_p. The records have the BasicSR layout (the
+trajectory gains the per-generation counts n_neural, n_fallback,
+n_well_formed); the metadata says method "neural", the checkpoint, its sha256
+and the sampling settings, and the default name is
+``gen{N}_neural_{expressions file name}``. A problem's samples come from its
+own seeded draws, but floating-point results may depend on which problems
+share a batch, so the batches are fixed: chunks of --batch_size consecutive
+selected expressions. --batch_size is therefore a recorded parameter, the
+partial file is written only between chunks, and --shard i/N takes whole
+chunks (chunk k goes to shard k % N), which keeps the same-bytes guarantees
+for resume and merged shards. --workers does not apply (one model, one
+device) and is refused.
 """
 
 from __future__ import annotations
@@ -84,7 +99,9 @@ import numpy as np
 import expressions as ex
 import file_io
 from basic_sr import BasicSR
+from batched_neural_sr import DEFAULT_BATCH_SIZE
 from file_io import DataFileError
+from neural_sr import CheckpointError
 from operators import OPERATOR_SETS
 from problems import NMSE_THRESHOLD
 from progress import Progress
@@ -95,7 +112,7 @@ DEFAULT_OUTPUT_DIR = "datasets/traces"
 DEFAULT_CONSTANTS = (1.0,)
 CHECKPOINT_SECONDS = 30.0
 CHECKPOINT_MAX_SHARE = 0.1  # checkpoint writes may take at most this share of the run
-NEURAL_UNAVAILABLE = "NeuralSR trace generation is not available yet"
+NEURAL_FLAGS = ("batch_size", "mode", "temperature", "top_k", "top_p", "device", "context_type")
 # make_metadata keys that change from run to run: they go to the sidecar log instead.
 VOLATILE_METADATA = ("timestamp", "hostname")
 # Expressions-file metadata copied into the traces file to identify its source.
@@ -137,9 +154,15 @@ def _pickled_trace(record: dict, params: dict, seed: int) -> tuple[bytes, float]
     started = time.perf_counter()
     model.fit(X, y)
     seconds = time.perf_counter() - started
+    return pickle.dumps(trace_record(record, model, run_seed), protocol=PICKLE_PROTOCOL), seconds
+
+
+def trace_record(record: dict, model, run_seed: int) -> dict:
+    """The trace of a fitted BasicSR or NeuralSR (collect_trajectory=True) on an expression record."""
+    X, y = np.asarray(record["X"]), np.asarray(record["y"])
     target = record["expression"]
-    trace = {
-        "expression_id": expression_id,
+    return {
+        "expression_id": int(record["id"]),
         "target_expression": target if isinstance(target, str) else ex.to_string(tuple(target)),
         "n_vars": int(record.get("n_vars", X.shape[1] if X.ndim == 2 else 1)),
         "final_expression": model.best_expression_,
@@ -150,7 +173,6 @@ def _pickled_trace(record: dict, params: dict, seed: int) -> tuple[bytes, float]
         "trajectory": model.trajectory_,
         "seed": run_seed,
     }
-    return pickle.dumps(trace, protocol=PICKLE_PROTOCOL), seconds
 
 
 def solved_threshold(params: dict, y) -> float | None:
@@ -236,6 +258,29 @@ def generate_traces(expression_records, params: dict, seed: int, workers: int = 
     return [traces[expression_id] for expression_id in sorted(traces)]
 
 
+def neural_chunks(records: list, batch_size: int) -> list[list]:
+    """The fixed batches of a NeuralSR run: consecutive records, batch_size at a time."""
+    return [records[start:start + batch_size] for start in range(0, len(records), batch_size)]
+
+
+def iter_neural_traces(chunks, params: dict, seed: int, batched, progress: bool = True):
+    """Yield, per chunk of records, [(trace, fit seconds)] of NeuralSR runs batched in lockstep.
+
+    `batched` is a BatchedNeuralSR; each run has its own seed
+    derive_seed(seed, record id) and stopping threshold, as in `trace_one`.
+    """
+    total = sum(len(chunk) for chunk in chunks) * int(params["num_generations"])
+    with Progress(total, "generations", disable=not progress) as bar:
+        for chunk in chunks:
+            estimators = [batched.make_estimator(derive_seed(seed, int(record["id"])), collect_trajectory=True,
+                                                 early_stop_threshold=solved_threshold(params, record["y"]))
+                          for record in chunk]
+            datasets = [(np.asarray(record["X"]), np.asarray(record["y"])) for record in chunk]
+            fitted = batched.fit_estimators(estimators, datasets, progress=bar)
+            yield [(_canonical(trace_record(record, model, model.seed)), model.fit_time_)
+                   for record, model in zip(chunk, fitted)]
+
+
 # --------------------------------------------------------------------------
 # Inputs, parameters, names
 
@@ -272,9 +317,11 @@ def select_expressions(records: list[dict], max_expressions: int | None, seed: i
     return sorted((records[i] for i in chosen.tolist()), key=lambda record: int(record["id"]))
 
 
-def shard_of(records: list, index: int, count: int) -> list:
-    """The records at positions p with p % count == index."""
-    return records[index::count]
+def shard_of(records: list, index: int, count: int, chunk: int = 1) -> list:
+    """The records at positions p with (p // chunk) % count == index: whole chunks of `chunk` records."""
+    if chunk == 1:
+        return records[index::count]
+    return [record for position, record in enumerate(records) if (position // chunk) % count == index]
 
 
 def parse_constants(text: str | None, expressions_metadata: dict) -> list[float]:
@@ -321,14 +368,55 @@ def recorded_parameters(args, params: dict) -> dict:
         "max_size": params["max_size"],
         "max_depth": params["max_depth"],
         "tournament_size": params["tournament_size"],
+        **(neural_parameters(args) if args.checkpoint else {}),
     }
+
+
+def neural_parameters(args) -> dict:
+    """The NeuralSR options that determine the traces (None: the default, left out of the command)."""
+    return {"checkpoint": str(args.checkpoint), "batch_size": args.batch_size or DEFAULT_BATCH_SIZE,
+            "mode": args.mode or "one_step", "temperature": 1.0 if args.temperature is None else args.temperature,
+            "top_k": args.top_k or 0, "top_p": 1.0 if args.top_p is None else args.top_p,
+            "context_type": args.context_type}
+
+
+def neural_settings(parameters: dict) -> dict:
+    """Metadata of a NeuralSR run: checkpoint, its sha256 and the sampling settings."""
+    from neural_sr import TRAINING_MODES, checkpoint_fingerprint, checkpoint_settings
+
+    folder = Path(parameters["checkpoint"])
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"checkpoint {folder}: not found (expected a folder written by train.py)")
+    try:
+        saved = checkpoint_settings(folder)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+    trained_for = TRAINING_MODES.get(saved["mode"], saved["mode"])
+    if trained_for is not None and trained_for != parameters["mode"]:
+        raise UsageError(f"--mode is {parameters['mode']!r} but checkpoint {folder} was trained for {trained_for!r}")
+    sampling = {key: parameters[key] for key in ("mode", "temperature", "top_k", "top_p", "batch_size")}
+    sampling["context_type"] = parameters["context_type"] or saved["context_type"]
+    return {"checkpoint": str(folder), "checkpoint_sha256": checkpoint_fingerprint(folder), "sampling": sampling}
+
+
+def make_batched(parameters: dict, params: dict, device=None):
+    """The BatchedNeuralSR of a run, its Proposer loaded (UsageError on a bad checkpoint)."""
+    from batched_neural_sr import BatchedNeuralSR
+    from neural_sr import Proposer
+
+    try:
+        proposer = Proposer.load(parameters["checkpoint"], device=device, context_type=parameters["context_type"])
+        return BatchedNeuralSR(checkpoint=proposer, batch_size=parameters["batch_size"], **params,
+                               **{key: parameters[key] for key in ("mode", "temperature", "top_k", "top_p")})
+    except (CheckpointError, ValueError) as error:
+        raise UsageError(str(error)) from None
 
 
 def canonical_command(parameters: dict) -> list[str]:
     """A command line reproducing `parameters` (script first)."""
     argv = [SCRIPT]
     for name, value in parameters.items():
-        if name == "max_expressions" and value is None:
+        if value is None:  # an option left at its default
             continue
         if name == "constants":
             value = ",".join(repr(float(c)) for c in value)
@@ -340,18 +428,19 @@ def _strip_pkl_gz(name: str) -> str:
     return name[: -len(PKL_GZ)] if name.endswith(PKL_GZ) else name
 
 
-def default_output_name(num_generations: int, expressions_file) -> str:
-    """gen{N}_{expressions file name without .pkl.gz}.pkl.gz"""
+def default_output_name(num_generations: int, expressions_file, neural: bool = False) -> str:
+    """gen{N}_{expressions file name without .pkl.gz}.pkl.gz (gen{N}_neural_... for NeuralSR traces)"""
     stem = Path(expressions_file).name
     stem = _strip_pkl_gz(stem) if stem.endswith(PKL_GZ) else Path(stem).stem
-    return f"gen{file_io.format_count(num_generations)}_{stem}{PKL_GZ}"
+    return f"gen{file_io.format_count(num_generations)}_{'neural_' if neural else ''}{stem}{PKL_GZ}"
 
 
 def output_path(args) -> Path:
     """The final (unsharded) output path."""
     if args.output:
         return Path(args.output)
-    return Path(args.output_dir) / default_output_name(args.num_generations, args.expressions_file)
+    return Path(args.output_dir) / default_output_name(args.num_generations, args.expressions_file,
+                                                       neural=args.checkpoint is not None)
 
 
 def sibling_path(path: Path, suffix: str) -> Path:
@@ -399,8 +488,8 @@ def source_info(path, expressions_metadata: dict, n_records: int) -> dict:
 
 
 def build_metadata(parameters: dict, params: dict, source: dict, traces: list[dict],
-                   shard: tuple[int, int] | None, complete: bool = True) -> dict:
-    """Deterministic metadata for a traces file (see the module docstring)."""
+                   shard: tuple[int, int] | None, complete: bool = True, neural: dict | None = None) -> dict:
+    """Deterministic metadata for a traces file (see the module docstring); `neural`: neural_settings."""
     metadata = file_io.make_metadata(parameters, parameters["seed"], argv=canonical_command(parameters))
     for key in VOLATILE_METADATA:
         metadata.pop(key, None)
@@ -408,7 +497,9 @@ def build_metadata(parameters: dict, params: dict, source: dict, traces: list[di
     n_solved = sum(trace["solved"] for trace in traces)
     metadata.update(source)
     metadata.update({
-        "solver": "BasicSR",
+        "solver": "NeuralSR" if neural else "BasicSR",
+        "method": "neural" if neural else "basic",
+        **(neural or {}),
         "basic_sr_params": params,
         "n_traces": n_traces,
         "n_solved": n_solved,
@@ -418,15 +509,26 @@ def build_metadata(parameters: dict, params: dict, source: dict, traces: list[di
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "complete": complete,
     })
+    if neural:
+        metadata["well_formed_rate"] = well_formed_rate(traces)
     return metadata
+
+
+def well_formed_rate(traces: list[dict]) -> float:
+    """Share of NeuralSR's proposals kept (not replaced by fallback children), over all traces."""
+    neural = sum(int(t["trajectory"]["n_neural"].sum()) for t in traces)
+    fallback = sum(int(t["trajectory"]["n_fallback"].sum()) for t in traces)
+    return neural / (neural + fallback) if neural + fallback else 0.0
 
 
 def _comparable(metadata: dict) -> dict:
     """What two runs must share for their traces to belong together."""
     parameters = dict(metadata.get("parameters") or {})
     parameters.pop("expressions_file", None)  # the same file may be named differently
+    parameters.pop("checkpoint", None)  # so may a checkpoint folder: its sha256 is compared instead
     return {**parameters, "expressions_sha256": metadata.get("expressions_sha256"),
-            "basic_sr_params": metadata.get("basic_sr_params")}
+            "basic_sr_params": metadata.get("basic_sr_params"),
+            "checkpoint_sha256": metadata.get("checkpoint_sha256"), "sampling": metadata.get("sampling")}
 
 
 def _check_same_run(path, found: dict, expected: dict) -> None:
@@ -485,15 +587,20 @@ def load_partial(path: Path, expected: dict, selected_ids: set) -> dict:
     return done
 
 
-def run_with_checkpoints(todo: list, done: dict, params: dict, seed: int, checkpointer: Checkpointer,
-                         workers: int, progress: bool) -> list[float]:
-    """Trace `todo` into `done` (id -> trace), checkpointing; return the fit seconds."""
+def run_with_checkpoints(batches, done: dict, checkpointer: Checkpointer) -> list[float]:
+    """Put the traces of `batches` (lists of (trace, fit seconds)) into `done` (id -> trace), checkpointing.
+
+    A whole batch enters `done` before any checkpoint, so the partial file
+    never holds part of a NeuralSR batch. Returns the fit seconds.
+    """
     fit_seconds = []
     try:
-        for trace, seconds in iter_traces(todo, params, seed, workers, progress):
-            done[trace["expression_id"]] = trace
-            fit_seconds.append(seconds)
-            checkpointer.add(done)
+        for batch in batches:
+            for trace, seconds in batch:
+                done[trace["expression_id"]] = trace
+                fit_seconds.append(seconds)
+            for _ in batch:
+                checkpointer.add(done)
     except KeyboardInterrupt:
         if not done:
             print("interrupted before any trace was finished", file=sys.stderr)
@@ -521,7 +628,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Run BasicSR on each expression of an expressions file and save the traces.",
+        description="Run BasicSR (or NeuralSR, with --checkpoint) on each expression of an expressions file "
+                    "and save the traces.",
         formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
@@ -552,16 +660,37 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint_seconds", type=float, default=CHECKPOINT_SECONDS,
         help="advanced: checkpoint the finished traces at least this often (seconds)")
     add("--quiet", action="store_true", help="no progress bar")
-    add("--checkpoint", default=None, help=f"NeuralSR checkpoint folder ({NEURAL_UNAVAILABLE})")
-    add("--batch_size", type=int, default=None, help=f"NeuralSR batch of expressions ({NEURAL_UNAVAILABLE})")
+    neural = parser.add_argument_group("NeuralSR (instead of BasicSR)")
+    add = neural.add_argument
+    add("--checkpoint", default=None,
+        help="run NeuralSR with this checkpoint folder (written by train.py) instead of BasicSR")
+    add("--batch_size", type=int, default=None,
+        help=f"NeuralSR: expressions searched in lockstep, one model call per generation for all "
+             f"(default {DEFAULT_BATCH_SIZE}); part of the recorded parameters")
+    add("--mode", choices=("one_step", "autoreg"), default=None,
+        help="NeuralSR: one child per sample (one_step, default) or a whole population per sample (autoreg); "
+             "must match the checkpoint")
+    add("--temperature", type=float, default=None, help="NeuralSR: sampling temperature, 0 = greedy (default 1)")
+    add("--top_k", type=int, default=None, help="NeuralSR: sample among the k most likely tokens (default 0: off)")
+    add("--top_p", type=float, default=None, help="NeuralSR: nucleus sampling threshold (default 1: off)")
+    add("--context_type", choices=("basic", "rich", "superrich"), default=None,
+        help="NeuralSR: the prompt's context type (default: the one the checkpoint was trained with)")
+    add("--device", default=None, help="NeuralSR: cuda or cpu (default: cuda when available)")
     return parser
 
 
 def _check_args(args) -> tuple[int, int] | None:
     """Validate option combinations; return the shard (i, N) or None."""
-    if args.checkpoint is not None or args.batch_size is not None:
-        # The seam for NeuralSR traces: a later issue builds the solver here.
-        raise UsageError(f"{NEURAL_UNAVAILABLE} (--checkpoint, --batch_size)")
+    if args.checkpoint is None:
+        given = [f"--{name}" for name in NEURAL_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} --checkpoint (NeuralSR)")
+    else:
+        if args.workers != 1:
+            raise UsageError("--workers applies to BasicSR runs; NeuralSR batches expressions on one device "
+                             "(use --batch_size)")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     shard = parse_shard(args.shard)
     if shard and args.merge_shards:
         raise UsageError("--shard and --merge_shards exclude each other")
@@ -600,20 +729,24 @@ def _summary(traces: list[dict], computed: int, seconds: float, path: Path, pref
     solved = sum(t["solved"] for t in traces) / n if n else 0.0
     generations = float(np.mean([t["n_generations"] for t in traces])) if n else 0.0
     rate = computed / seconds if seconds > 0 else float("nan")
+    if traces and "n_neural" in traces[0]["trajectory"]:
+        note += f"  well-formed {well_formed_rate(traces):.1%}"
     return (f"{prefix}traces {n}{note}  solved {solved:.1%}  mean generations {generations:.1f}  "
             f"wall {seconds:.1f} s  {rate:.2f} traces/s  -> {path}")
 
 
-def run_traces(args, argv, shard, selected, params, parameters, source) -> None:
-    """Trace the selected expressions (of this shard) with checkpoints and resume."""
+def run_traces(args, argv, shard, selected, params, parameters, source, neural: dict | None = None) -> None:
+    """Trace the selected expressions (of this shard) with checkpoints and resume; NeuralSR when `neural`."""
     started = time.perf_counter()
     output = output_path(args)
+    chunk = parameters["batch_size"] if neural else 1
     if shard:
-        selected = shard_of(selected, *shard)
+        selected = shard_of(selected, *shard, chunk=chunk)
         output = shard_path(output, *shard)
     _refuse_existing(output, args.overwrite)
     partial = partial_path(output)
-    partial_metadata = functools.partial(build_metadata, parameters, params, source, shard=shard, complete=False)
+    partial_metadata = functools.partial(build_metadata, parameters, params, source, shard=shard, complete=False,
+                                         neural=neural)
     expected = partial_metadata([])
     done = load_partial(partial, expected, {int(r["id"]) for r in selected}) if args.resume else {}
     if not args.resume and partial.exists():
@@ -621,24 +754,34 @@ def run_traces(args, argv, shard, selected, params, parameters, source) -> None:
               file=sys.stderr)
     resumed = len(done)
     todo = [record for record in selected if int(record["id"]) not in done]
+    log = {"workers": args.workers}
+    if neural:
+        batched = make_batched(parameters, params, args.device)
+        chunks = [c for c in neural_chunks(selected, chunk) if any(int(r["id"]) not in done for r in c)]
+        todo = [record for c in chunks for record in c]
+        batches = iter_neural_traces(chunks, params, args.seed, batched, not args.quiet)
+        log = {"device": str(batched.proposer.device)}
+    else:
+        batches = ([item] for item in iter_traces(todo, params, args.seed, args.workers, not args.quiet))
     checkpointer = Checkpointer(partial, partial_metadata, args.checkpoint_every, args.checkpoint_seconds)
-    fit_seconds = run_with_checkpoints(todo, done, params, args.seed, checkpointer,
-                                       args.workers, not args.quiet)
+    fit_seconds = run_with_checkpoints(batches, done, checkpointer)
+    if neural:
+        log["model_seconds"] = batched.proposer.seconds
     traces = [done[key] for key in sorted(done)]
-    metadata = build_metadata(parameters, params, source, traces, shard)
+    metadata = build_metadata(parameters, params, source, traces, shard, neural=neural)
     file_io.save(output, "traces", traces, metadata, overwrite=args.overwrite)
     partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     _write_log(output, argv, {
         "wall_seconds": seconds, "traces_per_second": len(todo) / seconds if seconds > 0 else None,
-        "traces_computed": len(todo), "traces_resumed": resumed, "workers": args.workers,
+        "traces_computed": len(todo), "traces_resumed": resumed, **log,
         "shard": metadata["shard"], "fit_seconds_total": float(sum(fit_seconds)),
         "fit_seconds_max": float(max(fit_seconds, default=0.0)),
     })
     print(_summary(traces, len(todo), seconds, output, note=f" ({resumed} resumed)" if resumed else ""))
 
 
-def merge_shard_files(args, argv, selected, params, parameters, source) -> None:
+def merge_shard_files(args, argv, selected, params, parameters, source, neural: dict | None = None) -> None:
     """Check the N shard files of this run and join them into the final output."""
     started = time.perf_counter()
     count = args.merge_shards
@@ -648,19 +791,20 @@ def merge_shard_files(args, argv, selected, params, parameters, source) -> None:
     for index in range(count):
         path = shard_path(output, index, count)
         loaded = file_io.load(path, kind="traces")
-        expected = build_metadata(parameters, params, source, [], (index, count))
+        expected = build_metadata(parameters, params, source, [], (index, count), neural=neural)
         if loaded.metadata.get("complete") is not True:
             raise UsageError(f"{path}: shard is not complete")
         _check_same_run(path, loaded.metadata, expected)
         if loaded.metadata.get("shard") != expected["shard"]:
             raise UsageError(f"{path}: is shard {loaded.metadata.get('shard')}, expected {expected['shard']}")
-        wanted = sorted(int(r["id"]) for r in shard_of(selected, index, count))
+        chunk = parameters["batch_size"] if neural else 1
+        wanted = sorted(int(r["id"]) for r in shard_of(selected, index, count, chunk))
         if sorted(trace["expression_id"] for trace in loaded.records) != wanted:
             raise UsageError(f"{path}: holds other expressions than shard {index}/{count} selects")
         traces.extend(_canonical(trace) for trace in loaded.records)
         logs.append(_read_log(path))
     traces.sort(key=lambda trace: trace["expression_id"])
-    metadata = build_metadata(parameters, params, source, traces, None)
+    metadata = build_metadata(parameters, params, source, traces, None, neural=neural)
     file_io.save(output, "traces", traces, metadata, overwrite=args.overwrite)
     seconds = time.perf_counter() - started
     _write_log(output, argv, {"merged_shards": count, "merge_seconds": seconds, "shard_logs": logs})
@@ -684,12 +828,13 @@ def main(argv=None) -> int:
             records, expressions_metadata = load_expression_records(args.expressions_file)
             params = resolve_basic_sr_params(args, expressions_metadata)
             parameters = recorded_parameters(args, params)
+            neural = neural_settings(parameters) if args.checkpoint else None
             source = source_info(args.expressions_file, expressions_metadata, len(records))
             selected = select_expressions(records, args.max_expressions, args.seed)
             if args.merge_shards:
-                merge_shard_files(args, [SCRIPT, *argv], selected, params, parameters, source)
+                merge_shard_files(args, [SCRIPT, *argv], selected, params, parameters, source, neural)
             else:
-                run_traces(args, [SCRIPT, *argv], shard, selected, params, parameters, source)
+                run_traces(args, [SCRIPT, *argv], shard, selected, params, parameters, source, neural)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

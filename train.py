@@ -426,15 +426,33 @@ def default_val_file(config: RunConfig) -> str | None:
     return None
 
 
+def read_sidecar(train_file) -> dict | None:
+    """A conversion's sidecar (`<name>.meta.json` beside `<name>.jsonl`), or None when there is none."""
+    sidecar = Path(str(train_file).removesuffix(".jsonl") + ".meta.json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else None
+
+
 def sidecar_expressions_file(train_file) -> str | None:
     """The expressions file a conversion's sidecar (`<name>.meta.json`) names among its sources."""
-    base = str(train_file).removesuffix(".jsonl")
-    sidecar = Path(base + ".meta.json")
-    if not sidecar.exists():
-        return None
-    sources = json.loads(sidecar.read_text()).get("sources", [])
+    sources = (read_sidecar(train_file) or {}).get("sources", [])
     paths = [s.get("path") for s in sources if isinstance(s, dict) and s.get("kind") == "expressions"]
     return paths[0] if paths else None
+
+
+def training_prompt_settings(train_file) -> dict | None:
+    """How the training prompts were written, from the conversion's sidecar (None without one).
+
+    Saved in every checkpoint's meta file, so that NeuralSR writes the
+    prompts the model was trained on (context type: prototype defect 1) and
+    generates as many tokens as the longest target needs, wherever the
+    training data is by then.
+    """
+    sidecar = read_sidecar(train_file)
+    if sidecar is None:
+        return None
+    parameters = sidecar.get("metadata", {}).get("parameters", {})
+    return {"conversion": sidecar.get("conversion"), "context_type": parameters.get("context_type"),
+            "max_target_tokens": sidecar.get("token_statistics", {}).get("target_tokens", {}).get("max")}
 
 
 def load_datasets(config: RunConfig, tokenizer, val_file: str | None, say=print):
@@ -820,7 +838,7 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
             "train_file": config.train_file, "val_file": val_file, "tokenizer_source": tokenizer_source,
             "train_examples": len(train_set), "val_examples": len(val_set) if val_set is not None else 0,
             "world_size": args.world_size, "bf16": bool(args.bf16), "model_class": type(model).__name__,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "prompt": training_prompt_settings(config.train_file)}
     print0(f"run folder {run_dir}{f' (resuming {resume})' if resume else ''}; {type(model).__name__} "
            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {config.mode}; "
            f"{'bf16' if args.bf16 else 'fp32'} on {'cuda' if cuda else 'cpu'} x{args.world_size}")

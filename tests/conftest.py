@@ -28,3 +28,60 @@ def tokenizer():
     from tokenizer import build_tokenizer
 
     return build_tokenizer()
+
+
+# --------------------------------------------------------------------------
+# Tiny random-weight checkpoints (NeuralSR tests)
+
+TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "attention_types": [[["global", "local"], 1]],
+              "window_size": 64, "intermediate_size": 64, "embed_dropout": 0.0, "resid_dropout": 0.0,
+              "attention_dropout": 0.0, "initializer_range": 0.1}  # peaked logits: greedy choices are not near-ties
+
+
+def save_tiny_checkpoint(folder, mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16):
+    """A random-weight GPT-Neo (or PrefixLM) checkpoint written the way train.py writes one.
+
+    train.build_model builds it from a run config, save_pretrained writes the
+    safetensors weights (as the Trainer's save_model does) and
+    train.write_checkpoint_extras the tokenizer, resolved config and meta
+    file, so loading it goes through the real path.
+    """
+    import json
+    from pathlib import Path
+
+    import tokenizer as tk
+    import train
+
+    folder = Path(folder)
+    model_config = folder.parent / f"{folder.name}-model.json"
+    model_config.write_text(json.dumps(TINY_MODEL))
+    config = train.RunConfig(mode=mode, train_file="synthetic.train.jsonl", point_prefix=point_prefix,
+                             max_length=1024, model_config=str(model_config), seed=0,
+                             point_embedder={"mlp_hidden": 32} if point_prefix else {})
+    tokenizer = tk.build_tokenizer()
+    model = train.build_model(config, tokenizer)
+    model.save_pretrained(str(folder))
+    prompt = {"conversion": {"onestep": "one_step"}.get(mode, mode), "context_type": context_type,
+              "max_target_tokens": max_target_tokens}
+    train.write_checkpoint_extras(folder, config, tokenizer, {"mode": mode, "prompt": prompt}, step=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_factory(tmp_path_factory):
+    """make(mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16) -> checkpoint folder."""
+    made = {}
+
+    def make(mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16):
+        key = (mode, point_prefix, context_type, max_target_tokens)
+        if key not in made:
+            made[key] = save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "final", *key)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_checkpoint_factory):
+    """A random-weight tiny one-step GPT-Neo checkpoint (basic context) in a temporary folder; its Path."""
+    return tiny_checkpoint_factory()

@@ -142,6 +142,16 @@ def test_seeded_sampling_is_reproducible(model):
     assert bucketed.sample(prompts, n_samples=7, max_new_tokens=10, seed=123) == first
 
 
+def test_given_uniforms_replace_the_seed(model):
+    prompts = random_prompts()
+    sampler = fs.SharedPrefixSampler(model)
+    uniforms = torch.rand((10, 3, 7), generator=torch.Generator().manual_seed(123))
+    assert sampler.sample(prompts, n_samples=7, max_new_tokens=10, uniforms=uniforms) == \
+        sampler.sample(prompts, n_samples=7, max_new_tokens=10, seed=123)
+    with pytest.raises(ValueError, match="uniforms must have shape"):
+        sampler.sample(prompts, n_samples=7, max_new_tokens=9, uniforms=uniforms)
+
+
 def test_a_cached_runner_serves_slightly_shorter_prompts(model):
     long_prompts, short_prompts = random_prompts((40, 12, 33)), random_prompts((36, 20, 9), seed=1)
     reference = fs.SharedPrefixSampler(model)

@@ -303,5 +303,7 @@ def test_merge_refuses_missing_or_mismatched_shards(expressions_file, tmp_path, 
 def test_unusable_options_exit_2(flags, expressions_file, tmp_path, capsys):
     assert run_cli("--expressions_file", expressions_file, *FAST, *flags, "--output", tmp_path / "o.pkl.gz") == 2
     line = one_error_line(capsys)
-    if "--checkpoint" in flags or "--batch_size" in flags:
-        assert "NeuralSR trace generation is not available yet" in line
+    if "--checkpoint" in flags:
+        assert "checkpoint ckpt: not found" in line
+    if "--batch_size" in flags:
+        assert "--batch_size needs --checkpoint" in line

@@ -1,0 +1,562 @@
+"""NeuralSR: BasicSR whose population update is proposed by a trained transformer.
+
+    from neural_sr import NeuralSR, Proposer
+    model = NeuralSR(checkpoint="checkpoints/onestep-tiny/final", population_size=20,
+                     num_generations=100, max_size=25, max_depth=10, seed=0).fit(X, y)
+    model.best_expression_, model.well_formed_rate_, model.n_neural_, model.n_fallback_
+
+One generation (`generate_new_population`, the seam BasicSR leaves for it):
+slot 0 keeps the best individual (elitism); the model is shown the current
+population with its fitnesses, in the prompt the training data was built
+with (`format_utils.prompt_for_state`, the function the conversions use,
+so run-time and training prompts are the same bytes), and proposes the other
+population_size - 1 children:
+
+    mode "one_step"  population_size - 1 samples of one child each
+                     (`{expr}<EOS>`, one_step_conversion's target);
+    mode "autoreg"   one sample that writes a whole population
+                     (`{expr};{expr};...<EOS>`, autoreg_conversion's target),
+                     its first population_size - 1 entries used.
+
+A proposal that does not parse, uses a variable or operator this search does
+not have, exceeds max_size or max_depth, or scores a non-finite fitness is
+replaced by a `generate_child_via_evolution` child (tournament, crossover or
+mutation), labelled "fallback"; kept proposals are labelled "neural". A
+neural child's parent is the previous individual it shares its largest
+subtree with (the one an edit most plausibly started from; a copy's parent is
+its source), so the ancestry of the final best stays connected for
+`--ancestors_only` targets and DAgger. Stagnation restarts work as in BasicSR
+(no model call that generation).
+
+Counting: `n_evaluations_` is BasicSR's (every individual of every
+generation) plus each distinct proposal that was scored and rejected as
+invalid; `n_proposals_` the proposals asked for; `well_formed_rate_` the
+share of them kept. With collect_trajectory the trajectory gains int32
+arrays `n_neural`, `n_fallback`, `n_well_formed` of shape (G+1,).
+
+The model lives in a `Proposer`: the checkpoint's model, tokenizer, prompt
+settings (context type and mode from the checkpoint's saved training
+settings) and a fast_sampler.SharedPrefixSampler, which encodes each prompt
+once and shares its KV cache among the samples. Prompt ids are built from
+cached pieces and outputs parsed through a memo (token_codec.py). A PrefixLM
+checkpoint (point_embedder.py) also reads the problem's points. Sampling is
+seeded per (run seed, generation) (`random_stream.derive_seed`), each problem
+with its own uniforms, so a run gives the same children whether it runs
+alone or batched with others (batched_neural_sr.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import expressions as ex
+import format_utils as fu
+from basic_sr import BasicSR
+from random_stream import derive_seed
+
+DEFAULT_CHECKPOINT = Path("models/neuralsr-tiny")
+MODES = ("one_step", "autoreg")
+TRAINING_MODES = {"onestep": "one_step", "autoreg": "autoreg"}  # train.py's names -> ours
+SAMPLING_STREAM = 1  # derive_seed(run seed, SAMPLING_STREAM, generation) seeds a generation's samples
+NEW_TOKEN_MARGIN = 8  # tokens beyond the longest training target (train.py samples the same way)
+TOKENS_PER_NODE = 3  # a binary node prints as `(`, its symbol and `)`: a bound when no target length is known
+MAX_OWNER_CACHE = 1 << 16
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used; one line naming the folder."""
+
+
+# --------------------------------------------------------------------------
+# The model behind the proposals
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    """One population's question to the model: `n_samples` continuations of its prompt."""
+
+    state: fu.PromptState
+    n_samples: int
+    seed: int  # the samples' uniforms come from this seed alone
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None  # None: the proposer's default
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable ({error})") from None
+
+
+def checkpoint_settings(folder) -> dict:
+    """What a train.py checkpoint says about its prompts: mode, context_type, max_target_tokens (None: unknown).
+
+    From the resolved run config and the meta file's `prompt` entry (the
+    training data's settings); for checkpoints saved without that entry, from
+    the conversion sidecar beside the training file, when it is still there.
+    """
+    import train
+
+    folder = Path(folder)
+    resolved = _read_json(folder / train.RESOLVED_CONFIG) or {}
+    meta = _read_json(folder / train.CHECKPOINT_META) or {}
+    prompt = meta.get("prompt")
+    if prompt is None and resolved.get("train_file"):
+        prompt = train.training_prompt_settings(resolved["train_file"])
+    prompt = prompt or {}
+    return {"mode": resolved.get("mode"), "context_type": prompt.get("context_type"),
+            "max_target_tokens": prompt.get("max_target_tokens")}
+
+
+def checkpoint_fingerprint(folder) -> str:
+    """sha256 over a checkpoint's weights and tokenizer files: which model made a trace."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "tokenizer.json"]:
+        if path.exists():
+            digest.update(path.name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+class Proposer:
+    """A checkpoint's model, tokenizer, prompt settings and fast sampler: loaded once, shared by many searches."""
+
+    def __init__(self, model, tokenizer, *, mode: str | None, context_type: str, max_new_tokens: int | None = None,
+                 checkpoint=None, device=None, dtype=None, compile="eager"):
+        import torch
+
+        import point_embedder as pe
+        from fast_sampler import SharedPrefixSampler
+        from token_codec import OutputParser, PromptEncoder
+
+        if context_type not in fu.CONTEXT_TYPES:
+            raise ValueError(f"context_type must be one of {', '.join(fu.CONTEXT_TYPES)}, got {context_type!r}")
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.mode = mode  # "one_step", "autoreg", or None when the checkpoint does not say
+        self.context_type = context_type
+        self.max_new_tokens = max_new_tokens  # None: each search bounds it by its own limits
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device).eval()  # the embedder of a PrefixLM runs from here
+        self.tokenizer = tokenizer
+        self.sampler = SharedPrefixSampler(self.model, device=self.device, dtype=dtype, compile=compile)
+        self.embedder_config = model.embedder.config if isinstance(model, pe.PrefixLM) else None
+        self.n_prefix = 0 if self.embedder_config is None else self.embedder_config.n_prefix
+        self.contexts = fu.ContextCache()
+        self.encoder = PromptEncoder(tokenizer)
+        self.parser = OutputParser(tokenizer, self.sampler.vocab_size)
+        self._points: dict[int, tuple] = {}  # id(X) -> (X, y, points, mask) of PrefixLM problems
+        self.seconds = 0.0  # spent in the sampler (prefill, embedder and decode)
+        self.calls = 0
+
+    @classmethod
+    def load(cls, checkpoint, device=None, dtype=None, compile="eager", context_type: str | None = None,
+             max_new_tokens: int | None = None) -> "Proposer":
+        """Load a train.py checkpoint folder; context type, mode and new-token budget come from its settings.
+
+        `context_type` / `max_new_tokens` override what the checkpoint says
+        (needed for checkpoints saved without training settings).
+        """
+        folder = Path(checkpoint)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"checkpoint {folder}: not found (expected a folder written by train.py, "
+                                  f"holding config.json, the weights and the tokenizer)")
+        settings = checkpoint_settings(folder)
+        if settings["mode"] is not None and settings["mode"] not in TRAINING_MODES:
+            raise CheckpointError(f"checkpoint {folder}: trained in {settings['mode']} mode; NeuralSR needs a "
+                                  f"one-step or autoregressive checkpoint")
+        context_type = context_type or settings["context_type"]
+        if context_type is None:
+            raise CheckpointError(f"checkpoint {folder}: its training context type is unknown (no prompt settings "
+                                  f"in its meta file, no conversion sidecar beside its train_file); give context_type")
+        if max_new_tokens is None and settings["max_target_tokens"]:
+            max_new_tokens = int(settings["max_target_tokens"]) + NEW_TOKEN_MARGIN
+        import point_embedder as pe
+        import tokenizer as tk
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a tiny model loads in no time: no "Loading weights" bar on stderr
+        try:
+            model = pe.load_model(folder)
+            tokenizer = tk.load_tokenizer(folder)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"checkpoint {folder}: cannot load ({first_line})") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return cls(model, tokenizer, mode=TRAINING_MODES.get(settings["mode"]), context_type=context_type,
+                   max_new_tokens=max_new_tokens, checkpoint=folder, device=device, dtype=dtype, compile=compile)
+
+    def __repr__(self) -> str:
+        return f"Proposer({str(self.checkpoint)!r})" if self.checkpoint else "Proposer(<in memory>)"
+
+    def __deepcopy__(self, memo) -> "Proposer":
+        return self  # shared and never modified: sklearn.clone must not copy the model
+
+    # ------------------------------------------------------------------
+    # Text
+
+    def prompt_text(self, state: fu.PromptState) -> str:
+        """The prompt of a state, exactly as the conversions write it."""
+        return fu.prompt_for_state(state, self.contexts)
+
+    def prompt_ids(self, state: fu.PromptState) -> list[int]:
+        """The token ids of `prompt_text(state)`, built from cached pieces."""
+        return self.encoder.ids(state, self.contexts)
+
+    def parse_child(self, ids: tuple) -> tuple | None:
+        """A one-step output as a prefix tuple (None: malformed or unfinished)."""
+        return self.parser.child(ids)
+
+    def parse_population(self, ids: tuple) -> list[tuple | None]:
+        """An autoregressive output as a list of prefix tuples (None: malformed)."""
+        return self.parser.population(ids)
+
+    # ------------------------------------------------------------------
+    # Sampling
+
+    def propose(self, requests: Sequence, seed: int | Sequence[int] = 0) -> list[list[str | None]]:
+        """Generated texts for (prompt_state, n_samples) pairs, in one batched model call.
+
+        `seed`: one int (request i draws from derive_seed(seed, i)) or one
+        seed per request. Each text runs up to and including <EOS>; None for
+        a sample that never produced <EOS> within the token budget.
+        """
+        one_seed = isinstance(seed, (int, np.integer))
+        seeds = [derive_seed(seed, i) for i in range(len(requests))] if one_seed else list(seed)
+        if len(seeds) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(seeds)} seeds")
+        asked = [ProposalRequest(state, int(n_samples), s) for (state, n_samples), s in zip(requests, seeds)]
+        eos = self.tokenizer.eos_token_id
+        return [[self.parser.text(ids) if eos in ids else None for ids in samples]
+                for samples in self.propose_ids(asked)]
+
+    def propose_ids(self, requests: Sequence[ProposalRequest]) -> list[list[tuple[int, ...]]]:
+        """Generated ids per request and sample (up to and including <EOS>); one sampler call per sampling setting."""
+        results: list = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            budget = request.max_new_tokens or self.max_new_tokens
+            if budget is None:
+                raise ValueError("no max_new_tokens: the checkpoint does not record its target lengths")
+            key = (float(request.temperature), int(request.top_k), float(request.top_p), int(budget))
+            groups.setdefault(key, []).append(index)
+        for (temperature, top_k, top_p, budget), indices in groups.items():
+            samples = self._sample([requests[i] for i in indices], temperature, top_k, top_p, budget)
+            for index, outputs in zip(indices, samples):
+                results[index] = outputs
+        return results
+
+    def _sample(self, requests, temperature, top_k, top_p, budget) -> list[list[tuple[int, ...]]]:
+        import torch
+
+        prompts = [self.prompt_ids(request.state) for request in requests]
+        width = max(request.n_samples for request in requests)
+        longest = self.n_prefix + max(len(prompt) for prompt in prompts)
+        # The prompts may have grown past what the model can see: fewer new tokens (more fallbacks), not a crash.
+        steps = min(budget, self.sampler.max_positions - longest + 1)
+        if steps < 1:
+            raise ValueError(f"a prompt of {longest} positions does not fit the model's "
+                             f"{self.sampler.max_positions} (population_size larger than trained on?)")
+        uniforms = torch.stack([self._uniforms(r.seed, budget, r.n_samples, width)[:steps] for r in requests], dim=1)
+        started = time.perf_counter()
+        tokens, lengths = self.sampler.sample_tensor(
+            prompts, n_samples=width, max_new_tokens=steps, temperature=temperature, top_k=top_k, top_p=top_p,
+            eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, uniforms=uniforms,
+            **self._points_for(requests))
+        self.seconds += time.perf_counter() - started
+        self.calls += 1
+        rows, counts = tokens.tolist(), lengths.tolist()
+        return [[tuple(row[:count]) for row, count in zip(rows[b][:r.n_samples], counts[b][:r.n_samples])]
+                for b, r in enumerate(requests)]
+
+    @staticmethod
+    def _uniforms(seed: int, steps: int, n_samples: int, width: int):
+        """(steps, width) uniforms of one request from its own seed (columns past n_samples unused)."""
+        import torch
+
+        generator = torch.Generator().manual_seed(int(seed) & ((1 << 63) - 1))
+        draws = torch.rand((steps, n_samples), generator=generator)
+        return torch.nn.functional.pad(draws, (0, width - n_samples))
+
+    def _points_for(self, requests) -> dict:
+        """points/point_mask for a PrefixLM (each problem's encoded once), else nothing."""
+        if self.embedder_config is None:
+            return {}
+        import torch
+
+        import point_embedder as pe
+
+        rows = []
+        for request in requests:
+            X, y = request.state.X, request.state.y
+            if X is None or y is None:
+                raise ValueError("this checkpoint reads the problem's points: its PromptStates need X and y")
+            entry = self._points.get(id(X))
+            if entry is None or entry[0] is not X or entry[1] is not y:
+                if len(self._points) >= 4096:
+                    self._points.clear()
+                points, mask = pe.encode_points([X], [y], self.embedder_config.max_input_dim,
+                                                self.embedder_config.max_points)
+                entry = self._points[id(X)] = (X, y, points, mask)
+            rows.append(entry)
+        return {"points": torch.cat([row[2] for row in rows]), "point_mask": torch.cat([row[3] for row in rows])}
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_proposer(path: str, device, stamp: float) -> Proposer:
+    return Proposer.load(path, device=device)
+
+
+def load_proposer(checkpoint, device=None) -> Proposer:
+    """A Proposer for a checkpoint path, reused while the same checkpoint (unchanged on disk) is asked for."""
+    if isinstance(checkpoint, Proposer):
+        return checkpoint
+    folder = Path(checkpoint)
+    if not (folder / "config.json").is_file():
+        return Proposer.load(folder, device=device)  # raises the one-line "not found"
+    stamp = max(path.stat().st_mtime for path in folder.iterdir() if path.is_file())  # rewritten: load again
+    return _cached_proposer(str(folder.resolve()), None if device is None else str(device), stamp)
+
+
+# --------------------------------------------------------------------------
+# The search
+
+
+class NeuralSR(BasicSR):
+    """BasicSR with model-proposed children (see the module docstring); scikit-learn style."""
+
+    def __init__(self, *, checkpoint=DEFAULT_CHECKPOINT, mode: str = "one_step", temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, device=None, **basic_sr_params):
+        """Every BasicSR parameter (keyword only) plus:
+
+        checkpoint   a train.py checkpoint folder, or an already loaded Proposer (shared, loaded once)
+        mode         "one_step" or "autoreg"; must match the checkpoint's training mode
+        temperature  0 = greedy; top_k (0 = off) and top_p (1 = off) as in Hugging Face
+        device       None: cuda when available, else cpu (ignored when checkpoint is a Proposer)
+        """
+        self.checkpoint = checkpoint
+        self.mode = mode
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.device = device
+        super().__init__(**basic_sr_params)
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+
+        def require(condition: bool, name: str, rule: str) -> None:
+            if not condition:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        require(self.mode in MODES, "mode", f"one of {', '.join(MODES)}")
+        require(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0, "temperature", "a finite number >= 0 (0 = greedy)")
+        require(isinstance(self.top_k, (int, np.integer)) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+                "top_k", "an integer >= 0 (0 = off)")
+        require(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p", "in (0, 1]")
+        require(isinstance(self.checkpoint, (str, os.PathLike, Proposer)), "checkpoint",
+                "a checkpoint folder or a Proposer")
+
+    # ------------------------------------------------------------------
+    # Fitting: BasicSR's loop; `next_request` and `step_with` let batched_neural_sr drive many in lockstep
+
+    def _setup(self, X: np.ndarray, y: np.ndarray) -> None:
+        super()._setup(X, y)
+        self._proposer = load_proposer(self.checkpoint, self.device)
+        if self._proposer.mode not in (None, self.mode):
+            raise ValueError(f"mode is {self.mode!r} but checkpoint {self._proposer.checkpoint} was trained "
+                             f"for {self._proposer.mode!r}; pass mode={self._proposer.mode!r}")
+        self._X, self._y = X, y
+        # seed None: fresh entropy for the model's draws too (SeedSequence reads the OS, not global state).
+        self._sampling_seed = self.seed if self.seed is not None else np.random.SeedSequence().entropy
+        self._max_new_tokens = self._proposer.max_new_tokens or self._token_budget()
+        self._outputs = None  # (outputs, seconds) handed in by step_with
+        self._symbols = frozenset(self._variables) | frozenset(self._operators)
+        self._owners: dict[tuple, int] = {}  # subtree -> slot, for the population in _owners_of
+        self._owners_of = None
+        self._counts: list[tuple[int, int, int]] = [(0, 0, 0)]  # per generation: neural, fallback, well-formed
+        self.n_neural_ = self.n_fallback_ = self.n_proposals_ = 0
+        self.model_seconds_ = 0.0
+
+    def _token_budget(self) -> int:
+        """New tokens when the checkpoint records no target length: room for max_size nodes per child."""
+        child = TOKENS_PER_NODE * self.max_size + 1
+        return child + 1 if self.mode == "one_step" else (self.population_size - 1) * child + 1
+
+    def next_request(self) -> ProposalRequest | None:
+        """What the model is asked for the next generation; None when that generation needs no model (a restart)."""
+        generation = self._generation + 1
+        if self.restart_due(generation):
+            return None
+        return self._request(self._population, self._fitnesses, generation)
+
+    def step_with(self, outputs, seconds: float = 0.0) -> bool:
+        """`step`, with the model's outputs for `next_request()` already computed (None: ask the model here)."""
+        self._outputs = None if outputs is None else (outputs, seconds)
+        try:
+            return self.step()
+        finally:
+            self._outputs = None
+
+    def _request(self, population, fitnesses, generation: int) -> ProposalRequest:
+        # The state children of `generation` are made from is generation - 1 (as one_step_conversion writes it).
+        state = fu.PromptState(generation - 1, list(population), fitnesses, self.n_features_in_, self._binary,
+                               self._unary, tuple(self._constants), self._X, self._y, self._proposer.context_type)
+        n_samples = len(population) - 1 if self.mode == "one_step" else 1
+        return ProposalRequest(state, n_samples, derive_seed(self._sampling_seed, SAMPLING_STREAM, generation),
+                               float(self.temperature), int(self.top_k), float(self.top_p), self._max_new_tokens)
+
+    def _finish(self) -> None:
+        super()._finish()
+        n_well_formed = sum(counts[2] for counts in self._counts)
+        self.well_formed_rate_ = n_well_formed / self.n_proposals_ if self.n_proposals_ else 0.0
+        if self.collect_trajectory:
+            columns = np.array(self._counts, dtype=np.int32).reshape(-1, 3)
+            for index, name in enumerate(("n_neural", "n_fallback", "n_well_formed")):
+                self.trajectory_[name] = np.ascontiguousarray(columns[:, index])
+
+    # ------------------------------------------------------------------
+    # One generation
+
+    def generate_new_population(self, population, fitnesses, generation):
+        """The elite, then the model's proposals, each unusable one replaced by a fallback child."""
+        elite = int(np.argmax(fitnesses))
+        if self.restart_due(generation):
+            self._counts.append((0, 0, 0))
+            return self.restart_population(population[elite], elite, generation)
+        if self._outputs is not None:
+            outputs, seconds = self._outputs
+        else:
+            started = time.perf_counter()
+            outputs = self._proposer.propose_ids([self._request(population, fitnesses, generation)])[0]
+            seconds = time.perf_counter() - started
+        self.model_seconds_ += seconds
+        return self._fill(population, fitnesses, elite, self._proposals(outputs, len(population) - 1))
+
+    def _proposals(self, outputs, count: int) -> list[tuple | None]:
+        """`count` proposed trees (None where the model gave nothing usable)."""
+        if self.mode == "one_step":
+            proposals = [self._proposer.parse_child(ids) for ids in outputs]
+        else:
+            proposals = self._proposer.parse_population(outputs[0])
+        proposals = (proposals + [None] * count)[:count]
+        self.n_proposals_ += count
+        return proposals
+
+    def _fill(self, population, fitnesses, elite: int, proposals: list):
+        usable = self._usable(proposals)
+        children, parents, origins = [population[elite]], [(elite,)], ["elite"]
+        select = None
+        for tree in proposals:
+            if tree in usable:
+                children.append(tree)
+                parents.append((self._source_slot(tree, population, fitnesses, elite),))
+                origins.append("neural")
+                continue
+            if select is None:  # only when needed: the selector draws tie-breaks from the stream
+                select = self.make_selector(fitnesses.tolist())
+            child, child_parents, _ = self.generate_child_via_evolution(population, [], select)
+            children.append(child)
+            parents.append(child_parents)
+            origins.append("fallback")
+        n_neural = origins.count("neural")
+        self.n_neural_ += n_neural
+        self.n_fallback_ += len(proposals) - n_neural
+        self._counts.append((n_neural, len(proposals) - n_neural, n_neural))
+        return children, parents, origins
+
+    def _usable(self, proposals: list) -> set:
+        """The proposals that parsed, use only this search's symbols, fit the limits and score a finite fitness."""
+        allowed = self._symbols
+        candidates = [tree for tree in dict.fromkeys(proposals) if tree is not None
+                      and len(tree) <= self.max_size  # before the symbol scan: a runaway output can be long
+                      and all(token.__class__ is float or token in allowed for token in tree)
+                      and self._fits_limits(tree)]
+        if not candidates:
+            return set()
+        fitnesses = self.score_population(candidates)
+        finite = np.isfinite(fitnesses)
+        # Kept proposals are counted again with the population; rejected ones cost one evaluation each.
+        self.n_evaluations_ -= int(finite.sum())
+        return {tree for tree, ok in zip(candidates, finite.tolist()) if ok}
+
+    def _source_slot(self, tree: tuple, population, fitnesses, elite: int) -> int:
+        """The slot a neural child most plausibly came from: the best holder of its largest subtree in the population."""
+        owners = self._owners
+        if self._owners_of is not population:  # built once per generation
+            owners.clear()
+            self._owners_of = population
+            for slot in sorted(range(len(population)), key=lambda i: -fitnesses[i]):  # stable: lower slot on ties
+                for subtree in _subtrees(population[slot]):
+                    owners.setdefault(subtree, slot)
+        for subtree in _subtrees(tree):
+            slot = owners.get(subtree)
+            if slot is not None:
+                return slot
+        return elite
+
+    # ------------------------------------------------------------------
+    # After fitting
+
+    def summary(self) -> dict:
+        summary = super().summary()
+        summary.update(well_formed_rate=self.well_formed_rate_, n_neural=self.n_neural_, n_fallback=self.n_fallback_,
+                       model_seconds=self.model_seconds_)
+        checkpoint = self.checkpoint.checkpoint if isinstance(self.checkpoint, Proposer) else self.checkpoint
+        summary["params"]["checkpoint"] = None if checkpoint is None else str(checkpoint)
+        summary["params"]["device"] = None if self.device is None else str(self.device)
+        return summary
+
+
+def _merged_signature(base, extra) -> inspect.Signature:
+    """`extra`'s signature with `base`'s parameters (keyword only) in place of its **kwargs."""
+    params = list(inspect.signature(base).parameters.values())
+    own = list(inspect.signature(extra).parameters.values())
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[1:]]
+    mine = [p for p in own[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return inspect.Signature([own[0], *keyword, *mine])
+
+
+# BasicSR's parameters are listed once, in BasicSR; NeuralSR's signature (get_params, repr,
+# sklearn.clone) is derived from it, so the two can never disagree about a default.
+NeuralSR.__init__.__signature__ = _merged_signature(BasicSR.__init__, NeuralSR.__init__)
+
+
+@functools.lru_cache(maxsize=MAX_OWNER_CACHE)
+def _subtrees(tree: tuple) -> tuple[tuple, ...]:
+    """Every subtree of a prefix tree, largest first (one right-to-left pass)."""
+    arity = ex.ARITY
+    ends: list[int] = []
+    spans = []
+    for start in range(len(tree) - 1, -1, -1):
+        count = arity.get(tree[start], 0) if tree[start].__class__ is str else 0
+        end = start + 1
+        for _ in range(count):
+            end = ends.pop()
+        ends.append(end)
+        spans.append(tree[start:end])
+    return tuple(sorted(spans, key=len, reverse=True))
