@@ -455,6 +455,23 @@ def training_prompt_settings(train_file) -> dict | None:
             "max_target_tokens": sidecar.get("token_statistics", {}).get("target_tokens", {}).get("max")}
 
 
+def run_prompt_settings(config: RunConfig) -> dict | None:
+    """The prompt settings to record in this run's checkpoints.
+
+    From the training data's sidecar; a fine-tune on data without one (e.g.
+    dagger.py's mix of imitation and DAgger rows) keeps its `init_from`
+    checkpoint's settings: the prompts it continues to learn are the same.
+    """
+    settings = training_prompt_settings(config.train_file)
+    if settings is None and config.init_from:
+        meta_path = Path(config.init_from) / CHECKPOINT_META
+        try:
+            settings = json.loads(meta_path.read_text()).get("prompt")
+        except (OSError, ValueError):
+            settings = None
+    return settings
+
+
 def load_datasets(config: RunConfig, tokenizer, val_file: str | None, say=print):
     """(train examples, val examples or None) tokenized per the config; a line on each."""
     import training_data as td
@@ -838,7 +855,7 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
             "train_file": config.train_file, "val_file": val_file, "tokenizer_source": tokenizer_source,
             "train_examples": len(train_set), "val_examples": len(val_set) if val_set is not None else 0,
             "world_size": args.world_size, "bf16": bool(args.bf16), "model_class": type(model).__name__,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "prompt": training_prompt_settings(config.train_file)}
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "prompt": run_prompt_settings(config)}
     print0(f"run folder {run_dir}{f' (resuming {resume})' if resume else ''}; {type(model).__name__} "
            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {config.mode}; "
            f"{'bf16' if args.bf16 else 'fp32'} on {'cuda' if cuda else 'cpu'} x{args.world_size}")

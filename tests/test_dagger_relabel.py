@@ -244,7 +244,7 @@ def test_metadata_records_the_relabelling_and_keeps_the_learners(data, tmp_path)
     record = metadata["dagger_relabel"]
     assert record["parameters"] == {"input": str(data[1]), "expressions_file": None, "seed": 7}
     assert record["command"].endswith(f"dagger_relabel.py --input {data[1]} --seed 7")
-    assert record["source"]["sha256"] == gt.file_sha256(data[1]) and record["source"]["method"] == "BasicSR"
+    assert record["source"]["sha256"] == gt.file_sha256(data[1]) and record["source"]["method"] == "basic"
     assert record["expressions"]["sha256"] == gt.file_sha256(data[0])
     assert record["expert_params"]["tournament_size"] == learner["basic_sr_params"]["tournament_size"]
     assert record["n_labels"] == sum(record["label_origins"].values()) > 0

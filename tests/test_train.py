@@ -372,3 +372,16 @@ def test_bench_smoke_runs(capsys):
     assert bench.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "train.py / plain loop" in out and "not padding" in out
+
+
+def test_a_fine_tune_on_data_without_a_sidecar_keeps_its_parents_prompt_settings(tmp_path):
+    # dagger.py trains on a mix of rows with no conversion sidecar: the
+    # checkpoint must still say which prompts it reads (NeuralSR needs it).
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    settings = {"conversion": "one_step", "context_type": "rich", "max_target_tokens": 31}
+    (parent / train.CHECKPOINT_META).write_text(json.dumps({"prompt": settings}))
+    mixed = tmp_path / "mixed.train.jsonl"
+    mixed.write_text("")
+    assert train.run_prompt_settings(train.RunConfig(train_file=str(mixed))) is None
+    assert train.run_prompt_settings(train.RunConfig(train_file=str(mixed), init_from=str(parent))) == settings
