@@ -271,6 +271,15 @@ def encode_record(record) -> bytes:
     return gzip.compress(buffer.getvalue(), compresslevel=COMPRESS_LEVEL, mtime=0)
 
 
+def decode_record(data: bytes, name: str = "record"):
+    """The record `encode_record` encoded, loaded as safely as `load` loads files."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb") as stream:
+            return _SafeUnpickler(stream).load()
+    except _Refused as exc:
+        raise DataFileError(f"{name}: refused to load {exc} ({_POLICY})") from None
+
+
 def save_encoded(path, kind: str, encoded_records, metadata: dict, *, overwrite: bool = True) -> Path:
     """Like `save`, for records already encoded by `encode_record` (e.g. in worker processes)."""
     if kind not in FORMAT_VERSIONS:

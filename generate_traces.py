@@ -31,9 +31,9 @@ timestamp, hostname, wall time or output path, and it leaves out the options
 that only change how the work is executed (--workers, --shard, --resume,
 --output, --output_dir, --overwrite, checkpoint intervals). So the same
 parameters, inputs and code give the same bytes: with 1 or N workers, from
-N shards merged with --merge_shards, or after a kill and --resume. (Pickle
-output also depends on which objects are shared; every record is normalised
-by a pickle round trip before it is saved, see `_canonical`.) What varies
+N shards merged with --merge_shards, or after a kill and --resume. (Each
+trace is pickled and compressed on its own, by the worker that made it:
+`StoredTrace`, `file_io.encode_record`.) What varies
 between runs (the exact command line, timestamp, hostname, wall time,
 traces/s, fit-time statistics) goes to the summary line and to a sidecar
 ``<name>.log.json`` next to the output.
@@ -86,13 +86,13 @@ import hashlib
 import json
 import multiprocessing
 import os
-import pickle
 import signal
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -129,22 +129,44 @@ class UsageError(Exception):
 # Core: one expression, many expressions
 
 
+class StoredTrace(NamedTuple):
+    """A finished trace as it is saved (`file_io.encode_record` bytes), and what the summaries read.
+
+    Workers pickle and compress their own traces, so the parent process only
+    collects bytes and joins them into the file (`file_io.save_encoded`): no
+    serial compression, no unpickling of whole trajectories in the parent.
+    """
+
+    expression_id: int
+    solved: bool
+    n_generations: int
+    n_evaluations: int
+    n_neural: int  # NeuralSR children kept from the model (0 for BasicSR)
+    n_fallback: int  # NeuralSR children made by evolution instead
+    data: bytes
+
+    @classmethod
+    def of(cls, trace: dict) -> "StoredTrace":
+        trajectory = trace["trajectory"]
+        counts = [int(trajectory[key].sum()) if key in trajectory else 0 for key in ("n_neural", "n_fallback")]
+        return cls(int(trace["expression_id"]), bool(trace["solved"]), int(trace["n_generations"]),
+                   int(trace["n_evaluations"]), *counts, file_io.encode_record(trace))
+
+    def trace(self) -> dict:
+        return file_io.decode_record(self.data, f"trace {self.expression_id}")
+
+
 def trace_one(record: dict, params: dict, seed: int) -> dict:
     """The trace of one BasicSR run on an expression record.
 
     `params` are BasicSR constructor arguments; `seed` is the master seed: the
     run uses derive_seed(seed, record id), as in `generate_traces`.
     """
-    return pickle.loads(_pickled_trace(record, params, seed)[0])
+    return _stored_trace(record, params, seed)[0].trace()
 
 
-def _pickled_trace(record: dict, params: dict, seed: int) -> tuple[bytes, float]:
-    """(pickled trace, seconds of the fit); the time is kept out of the trace itself.
-
-    Traces travel pickled, and are unpickled one by one where they are
-    collected: see `_canonical` for why. Sending bytes from a worker also
-    spares a second pickling of the object graph for the pool's transfer.
-    """
+def _stored_trace(record: dict, params: dict, seed: int) -> tuple[StoredTrace, float]:
+    """(the stored trace, seconds of the fit); the time is kept out of the trace itself."""
     expression_id = int(record["id"])
     run_seed = derive_seed(seed, expression_id)
     X = np.asarray(record["X"])
@@ -154,7 +176,7 @@ def _pickled_trace(record: dict, params: dict, seed: int) -> tuple[bytes, float]
     started = time.perf_counter()
     model.fit(X, y)
     seconds = time.perf_counter() - started
-    return pickle.dumps(trace_record(record, model, run_seed), protocol=PICKLE_PROTOCOL), seconds
+    return StoredTrace.of(trace_record(record, model, run_seed)), seconds
 
 
 def trace_record(record: dict, model, run_seed: int) -> dict:
@@ -197,38 +219,24 @@ def solved_on_points(mse: float, y) -> bool:
     return bool(nmse < NMSE_THRESHOLD)
 
 
-def _canonical(trace: dict) -> dict:
-    """The trace rebuilt by a pickle round trip, as every saved trace is.
-
-    Pickle writes an object shared between records once and refers to it
-    afterwards, so the bytes of a file depend on which objects are shared, not
-    only on their values. Traces computed in one process share strings with
-    each other (e.g. the origin names); traces received from workers in one
-    chunk or loaded from a file share other things. After a round trip of each
-    record on its own they share nothing but CPython's cached one-character
-    strings, and further round trips (through a file) keep it that way, so
-    files are identical whatever path the records took.
-    """
-    return pickle.loads(pickle.dumps(trace, protocol=PICKLE_PROTOCOL))
-
-
 def iter_traces(records, params: dict, seed: int, workers: int = 1, progress: bool = True):
-    """Yield (trace, fit seconds) for each record, in completion order."""
+    """Yield (StoredTrace, fit seconds) for each record, in completion order."""
     records = list(records)
     BasicSR(**params)  # invalid parameters fail here, before any worker starts
-    run = functools.partial(_pickled_trace, params=params, seed=seed)
+    run = functools.partial(_stored_trace, params=params, seed=seed)
     workers = max(1, min(workers, len(records)))
     with Progress(len(records), "traces", disable=not progress) as bar:
         if workers == 1:
-            for pickled, seconds in map(run, records):
+            for item in map(run, records):
                 bar.update(1)
-                yield pickle.loads(pickled), seconds
+                yield item
             return
-        chunk_size = max(1, min(16, len(records) // (8 * workers)))
+        # One expression per task: a fit takes 10-1000 ms against ~0.1 ms of pool
+        # overhead, and bigger chunks left one worker idle at the end of a run.
         with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-            for pickled, seconds in pool.imap_unordered(run, records, chunksize=chunk_size):
+            for item in pool.imap_unordered(run, records, chunksize=1):
                 bar.update(1)
-                yield pickle.loads(pickled), seconds
+                yield item
 
 
 def _init_worker(parent_pid: int) -> None:
@@ -253,9 +261,9 @@ def generate_traces(expression_records, params: dict, seed: int, workers: int = 
 
     The result is the same for any number of workers.
     """
-    traces = {trace["expression_id"]: trace
+    stored = {trace.expression_id: trace
               for trace, _ in iter_traces(expression_records, params, seed, workers, progress)}
-    return [traces[expression_id] for expression_id in sorted(traces)]
+    return [stored[expression_id].trace() for expression_id in sorted(stored)]
 
 
 def neural_chunks(records: list, batch_size: int) -> list[list]:
@@ -264,7 +272,7 @@ def neural_chunks(records: list, batch_size: int) -> list[list]:
 
 
 def iter_neural_traces(chunks, params: dict, seed: int, batched, progress: bool = True):
-    """Yield, per chunk of records, [(trace, fit seconds)] of NeuralSR runs batched in lockstep.
+    """Yield, per chunk of records, [(StoredTrace, fit seconds)] of NeuralSR runs batched in lockstep.
 
     `batched` is a BatchedNeuralSR; each run has its own seed
     derive_seed(seed, record id) and stopping threshold, as in `trace_one`.
@@ -277,7 +285,7 @@ def iter_neural_traces(chunks, params: dict, seed: int, batched, progress: bool 
                           for record in chunk]
             datasets = [(np.asarray(record["X"]), np.asarray(record["y"])) for record in chunk]
             fitted = batched.fit_estimators(estimators, datasets, progress=bar)
-            yield [(_canonical(trace_record(record, model, model.seed)), model.fit_time_)
+            yield [(StoredTrace.of(trace_record(record, model, model.seed)), model.fit_time_)
                    for record, model in zip(chunk, fitted)]
 
 
@@ -487,14 +495,14 @@ def source_info(path, expressions_metadata: dict, n_records: int) -> dict:
     }
 
 
-def build_metadata(parameters: dict, params: dict, source: dict, traces: list[dict],
+def build_metadata(parameters: dict, params: dict, source: dict, traces: list[StoredTrace],
                    shard: tuple[int, int] | None, complete: bool = True, neural: dict | None = None) -> dict:
     """Deterministic metadata for a traces file (see the module docstring); `neural`: neural_settings."""
     metadata = file_io.make_metadata(parameters, parameters["seed"], argv=canonical_command(parameters))
     for key in VOLATILE_METADATA:
         metadata.pop(key, None)
     n_traces = len(traces)
-    n_solved = sum(trace["solved"] for trace in traces)
+    n_solved = sum(trace.solved for trace in traces)
     metadata.update(source)
     metadata.update({
         "solver": "NeuralSR" if neural else "BasicSR",
@@ -504,8 +512,8 @@ def build_metadata(parameters: dict, params: dict, source: dict, traces: list[di
         "n_traces": n_traces,
         "n_solved": n_solved,
         "solved_fraction": n_solved / n_traces if n_traces else 0.0,
-        "mean_generations": float(np.mean([t["n_generations"] for t in traces])) if traces else 0.0,
-        "mean_evaluations": float(np.mean([t["n_evaluations"] for t in traces])) if traces else 0.0,
+        "mean_generations": float(np.mean([t.n_generations for t in traces])) if traces else 0.0,
+        "mean_evaluations": float(np.mean([t.n_evaluations for t in traces])) if traces else 0.0,
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "complete": complete,
     })
@@ -514,10 +522,10 @@ def build_metadata(parameters: dict, params: dict, source: dict, traces: list[di
     return metadata
 
 
-def well_formed_rate(traces: list[dict]) -> float:
+def well_formed_rate(traces: list[StoredTrace]) -> float:
     """Share of NeuralSR's proposals kept (not replaced by fallback children), over all traces."""
-    neural = sum(int(t["trajectory"]["n_neural"].sum()) for t in traces)
-    fallback = sum(int(t["trajectory"]["n_fallback"].sum()) for t in traces)
+    neural = sum(t.n_neural for t in traces)
+    fallback = sum(t.n_fallback for t in traces)
     return neural / (neural + fallback) if neural + fallback else 0.0
 
 
@@ -563,7 +571,7 @@ class Checkpointer:
     def save(self, done: dict) -> None:
         started = time.monotonic()
         traces = [done[key] for key in sorted(done)]
-        file_io.save(self.path, "traces", traces, self.metadata_for(traces))
+        file_io.save_encoded(self.path, "traces", [t.data for t in traces], self.metadata_for(traces))
         self.last = time.monotonic()
         # Large files take long to write: keep checkpointing a small share of the run.
         self.interval = max(self.min_interval, (self.last - started) / CHECKPOINT_MAX_SHARE)
@@ -581,14 +589,14 @@ def load_partial(path: Path, expected: dict, selected_ids: set) -> dict:
     _check_same_run(path, loaded.metadata, expected)
     if loaded.metadata.get("shard") != expected["shard"]:
         raise UsageError(f"{path}: made for shard {loaded.metadata.get('shard')}, not {expected['shard']}")
-    done = {trace["expression_id"]: _canonical(trace) for trace in loaded.records}
+    done = {int(trace["expression_id"]): StoredTrace.of(trace) for trace in loaded.records}
     if not done.keys() <= selected_ids:
         raise UsageError(f"{path}: holds traces of expressions this run does not select")
     return done
 
 
 def run_with_checkpoints(batches, done: dict, checkpointer: Checkpointer) -> list[float]:
-    """Put the traces of `batches` (lists of (trace, fit seconds)) into `done` (id -> trace), checkpointing.
+    """Put the traces of `batches` (lists of (StoredTrace, fit seconds)) into `done` (id -> trace), checkpointing.
 
     A whole batch enters `done` before any checkpoint, so the partial file
     never holds part of a NeuralSR batch. Returns the fit seconds.
@@ -597,7 +605,7 @@ def run_with_checkpoints(batches, done: dict, checkpointer: Checkpointer) -> lis
     try:
         for batch in batches:
             for trace, seconds in batch:
-                done[trace["expression_id"]] = trace
+                done[trace.expression_id] = trace
                 fit_seconds.append(seconds)
             for _ in batch:
                 checkpointer.add(done)
@@ -722,14 +730,14 @@ def _write_log(path: Path, argv, log: dict) -> None:
         handle.write("\n")
 
 
-def _summary(traces: list[dict], computed: int, seconds: float, path: Path, prefix: str = "",
+def _summary(traces: list[StoredTrace], computed: int, seconds: float, path: Path, prefix: str = "",
              note: str = "") -> str:
     """The final line: traces, solved fraction, mean generations, wall time, rate, output."""
     n = len(traces)
-    solved = sum(t["solved"] for t in traces) / n if n else 0.0
-    generations = float(np.mean([t["n_generations"] for t in traces])) if n else 0.0
+    solved = sum(t.solved for t in traces) / n if n else 0.0
+    generations = float(np.mean([t.n_generations for t in traces])) if n else 0.0
     rate = computed / seconds if seconds > 0 else float("nan")
-    if traces and "n_neural" in traces[0]["trajectory"]:
+    if any(t.n_neural + t.n_fallback for t in traces):
         note += f"  well-formed {well_formed_rate(traces):.1%}"
     return (f"{prefix}traces {n}{note}  solved {solved:.1%}  mean generations {generations:.1f}  "
             f"wall {seconds:.1f} s  {rate:.2f} traces/s  -> {path}")
@@ -769,7 +777,7 @@ def run_traces(args, argv, shard, selected, params, parameters, source, neural: 
         log["model_seconds"] = batched.proposer.seconds
     traces = [done[key] for key in sorted(done)]
     metadata = build_metadata(parameters, params, source, traces, shard, neural=neural)
-    file_io.save(output, "traces", traces, metadata, overwrite=args.overwrite)
+    file_io.save_encoded(output, "traces", [t.data for t in traces], metadata, overwrite=args.overwrite)
     partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     _write_log(output, argv, {
@@ -801,11 +809,11 @@ def merge_shard_files(args, argv, selected, params, parameters, source, neural: 
         wanted = sorted(int(r["id"]) for r in shard_of(selected, index, count, chunk))
         if sorted(trace["expression_id"] for trace in loaded.records) != wanted:
             raise UsageError(f"{path}: holds other expressions than shard {index}/{count} selects")
-        traces.extend(_canonical(trace) for trace in loaded.records)
+        traces.extend(StoredTrace.of(trace) for trace in loaded.records)
         logs.append(_read_log(path))
-    traces.sort(key=lambda trace: trace["expression_id"])
+    traces.sort(key=lambda trace: trace.expression_id)
     metadata = build_metadata(parameters, params, source, traces, None, neural=neural)
-    file_io.save(output, "traces", traces, metadata, overwrite=args.overwrite)
+    file_io.save_encoded(output, "traces", [t.data for t in traces], metadata, overwrite=args.overwrite)
     seconds = time.perf_counter() - started
     _write_log(output, argv, {"merged_shards": count, "merge_seconds": seconds, "shard_logs": logs})
     print(_summary(traces, len(traces), seconds, output, prefix=f"merged {count} shards: "))

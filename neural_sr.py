@@ -348,6 +348,8 @@ def load_proposer(checkpoint, device=None) -> Proposer:
 class NeuralSR(BasicSR):
     """BasicSR with model-proposed children (see the module docstring); scikit-learn style."""
 
+    _pause_garbage_collection = False  # the model's code may make reference cycles
+
     def __init__(self, *, checkpoint=DEFAULT_CHECKPOINT, mode: str = "one_step", temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, device=None, **basic_sr_params):
         """Every BasicSR parameter (keyword only) plus:

@@ -11,12 +11,14 @@ Protocol:
 - Paired pass, one process: for each expression in turn, a bare fit
   (`BasicSR(..., collect_trajectory=False).fit(X, y)`, the work trace
   generation cannot avoid) and then the traced run of generate_traces.py with
-  1 worker (`generate_traces.trace_one`: the fit with its trajectory, the
-  record, its normalisation by a pickle round trip). Alternating the two per expression makes both
-  sums see the same machine load, so their ratio survives a noisy machine.
-- 2 workers: `generate_traces.generate_traces(records, params, 42,
-  workers=2)` (the importable core of the CLI, pool start included), then
-  `file_io.save` of the result, timed separately (the save is serial).
+  1 worker (`generate_traces._stored_trace`: the fit with its trajectory,
+  the record, pickled and compressed as it is stored). Alternating the two
+  per expression makes both sums see the same machine load, so their ratio
+  survives a noisy machine.
+- 2 workers: `generate_traces.iter_traces(records, params, 42, workers=2)`
+  (what the CLI runs, pool start included: workers fit, pickle and compress),
+  then `file_io.save_encoded` of the collected bytes in id order (the CLI's
+  final write), timed separately.
 - The numba kernel is compiled (a tiny fit) before any timing; workers load
   it from numba's on-disk cache.
 - `--repeats R` repeats both parts and keeps the fastest time of each (the
@@ -43,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 import tempfile
 import time
@@ -82,7 +83,7 @@ def paired_pass(records: list[dict], params: dict) -> dict:
         model = BasicSR(**bare_params, seed=derive_seed(SEED, int(record["id"])), collect_trajectory=False)
         model.fit(np.asarray(record["X"]), y)
         middle = time.perf_counter()
-        trace = gt.trace_one(record, params, SEED)
+        trace, _ = gt._stored_trace(record, params, SEED)
         traced += time.perf_counter() - middle
         bare += middle - started
         traces.append(trace)
@@ -93,9 +94,10 @@ def paired_pass(records: list[dict], params: dict) -> dict:
 
 def two_workers(records: list[dict], params: dict, folder: Path) -> dict:
     started = time.perf_counter()
-    traces = gt.generate_traces(records, params, SEED, workers=2, progress=False)
+    traces = sorted((trace for trace, _ in gt.iter_traces(records, params, SEED, workers=2, progress=False)),
+                    key=lambda trace: trace.expression_id)
     core = time.perf_counter() - started
-    path = file_io.save(folder / "traces.pkl.gz", "traces", traces, {})
+    path = file_io.save_encoded(folder / "traces.pkl.gz", "traces", [trace.data for trace in traces], {})
     save = time.perf_counter() - started - core
     return {"core_seconds": core, "save_seconds": save, "seconds": core + save,
             "file_bytes": path.stat().st_size, "traces": traces}
@@ -138,11 +140,11 @@ def main(argv=None) -> int:
     print(f"traces, 1 process           {traced:7.2f} s  {n / traced:6.2f} traces/s  (paired with the bare fits)")
     two = parallel["core_seconds"]
     print(f"traces, 2 workers           {two:7.2f} s  {n / two:6.2f} traces/s")
-    print(f"save ({parallel['file_bytes'] / 1e6:.1f} MB, serial)        {save:7.2f} s")
+    print(f"save ({parallel['file_bytes'] / 1e6:.1f} MB, joined)        {save:7.2f} s")
     overhead = 100.0 * (traced + save - bare) / bare
     scaling = traced / parallel["core_seconds"]
     projected = parallel["seconds"] * (1000 / n) * (1000 / args.num_generations)
-    same = all(pickle.dumps(a) == pickle.dumps(b) for a, b in zip(paired["traces"], parallel["traces"]))
+    same = [trace.data for trace in paired["traces"]] == [trace.data for trace in parallel["traces"]]
     print(f"overhead vs bare fits       {overhead:6.1f} %  (target <= 20 %; without the save "
           f"{100.0 * (traced - bare) / bare:.1f} %)")
     print(f"scaling 2 / 1 workers       {scaling:6.2f} x  (target >= 1.8 x; with the save "

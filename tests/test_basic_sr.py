@@ -681,3 +681,35 @@ def test_a_restart_scores_the_elite_neighbours_and_keeps_the_best():
     assert set(origins[1 + basic_sr.RESTART_NEIGHBOURS :]) == {"restart"}
     assert children[1] == parse("x1 * x1 - (x2 + x2 + x2 + x2) * x0")  # the exact formula is the best neighbour
     assert model.score(children[1])[1] < 1e-20
+
+
+def test_fit_pauses_the_garbage_collector_and_restores_it(monkeypatch):
+    import gc
+
+    X, y = problems.get_problem("quadratic").sample(seed=0)
+    seen = []
+    original = BasicSR.score_population
+
+    def spy(self, population):
+        seen.append(gc.isenabled())
+        return original(self, population)
+
+    monkeypatch.setattr(BasicSR, "score_population", spy)
+    assert gc.isenabled()
+    BasicSR(population_size=10, num_generations=3, seed=0).fit(X, y)
+    assert seen and not any(seen) and gc.isenabled()
+
+    def boom(self, population):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(BasicSR, "score_population", boom)
+    with pytest.raises(RuntimeError):
+        BasicSR(population_size=10, num_generations=3, seed=0).fit(X, y)
+    assert gc.isenabled()  # restored on errors too
+    gc.disable()
+    try:
+        monkeypatch.setattr(BasicSR, "score_population", original)
+        BasicSR(population_size=10, num_generations=3, seed=0).fit(X, y)
+        assert not gc.isenabled()  # a caller's choice is left alone
+    finally:
+        gc.enable()
