@@ -240,6 +240,7 @@ class BasicSR:
         self._start = time.perf_counter()
         self._recorder = TrajectoryRecorder() if self.collect_trajectory else None
         self.best_mse_history_ = []
+        self.evaluations_history_ = []  # n_evaluations_ after each generation
         self._generation = 0
         with np.errstate(all="ignore"):
             population = self.initial_population()
@@ -279,6 +280,7 @@ class BasicSR:
         self.best_fitness_ = float(fitnesses[best])
         self.best_mse_ = self._fitness_cache[tree][1]
         self.best_mse_history_.append(self.best_mse_)
+        self.evaluations_history_.append(self.n_evaluations_)
         if recorder is not None:
             recorder.add_generation(population, fitnesses, parents, origins, best, self.best_mse_)
         if self.verbose and (generation % max(1, self.num_generations // 20) == 0):

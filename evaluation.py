@@ -36,7 +36,9 @@ Run record (a dict; `save_report` writes it as JSON, non-finite floats as null):
                            reached max(final MSE, EARLY_STOP_MSE), i.e. where the
                            final accuracy was first reached; null otherwise or
                            without a history
-    evaluations_to_solve   population_size * (generations_to_solve + 1)
+    evaluations_to_solve   evaluations counted up to that generation (BasicSR and
+                           NeuralSR report them: restarts also score the elite's
+                           neighbours); else population_size * (generations_to_solve + 1)
     seconds                wall time of the fit; seconds_per_generation = seconds
                            / max(1, generations)
     best_mse_history       best MSE per generation (index = generation), null
@@ -302,9 +304,21 @@ def generations_to_solve(history: list[float], final_mse: float, threshold: floa
 
 def make_record(method: str, task: Task, seed: int, *, expression: tuple | None, mse: float, generations: int,
                 evaluations: int, population_size: int, seconds: float, history: list[float] | None,
-                solved: bool, size: int | None = None, **extra) -> dict:
-    """A run record (fields in the module docstring); `extra` adds method-specific fields."""
+                solved: bool, size: int | None = None, evaluations_history: list[int] | None = None,
+                **extra) -> dict:
+    """A run record (fields in the module docstring); `extra` adds method-specific fields.
+
+    `evaluations_history`: evaluations counted by the end of each generation,
+    where the method reports them (BasicSR and NeuralSR: restarts also score
+    the elite's neighbours); else population_size per generation.
+    """
     to_solve = generations_to_solve(history, mse) if solved and history else None
+    if to_solve is None:
+        evaluations_to_solve = None
+    elif evaluations_history:
+        evaluations_to_solve = int(evaluations_history[to_solve])
+    else:
+        evaluations_to_solve = int(population_size) * (to_solve + 1)
     record = {
         "method": method,
         "problem": task.name,
@@ -317,7 +331,7 @@ def make_record(method: str, task: Task, seed: int, *, expression: tuple | None,
         "evaluations": int(evaluations),
         "population_size": int(population_size),
         "generations_to_solve": to_solve,
-        "evaluations_to_solve": None if to_solve is None else int(population_size) * (to_solve + 1),
+        "evaluations_to_solve": evaluations_to_solve,
         "seconds": float(seconds),
         "seconds_per_generation": float(seconds) / max(1, int(generations)),
         "best_mse_history": None if history is None else [float(mse) for mse in history],
@@ -341,7 +355,8 @@ def model_record(method: str, task: Task, seed: int, model: BasicSR) -> dict:
         method, task, seed,
         expression=model.best_tree_, mse=model.best_mse_, generations=model.n_generations_,
         evaluations=model.n_evaluations_, population_size=model.population_size, seconds=model.fit_time_,
-        history=model.best_mse_history_, solved=task.solved(model.best_tree_), **extra,
+        history=model.best_mse_history_, solved=task.solved(model.best_tree_),
+        evaluations_history=model.evaluations_history_, **extra,
     )
 
 

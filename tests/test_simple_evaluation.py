@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import evaluation
+import problems
 import neural_comparison
 import peers
 import simple_evaluation
@@ -82,7 +83,10 @@ def test_run_records_are_consistent(study):
             assert run["population_size"] == 100 and len(history) == run["generations"] <= 4
             assert run["evaluations"] == 100 * run["generations"]
             assert {"solved_own_semantics", "native_expression", "parse_error"} <= set(run)
-        if run["solved"]:
+        if run["solved"] and run["method"] == "basic":  # counted by BasicSR (restarts score extra neighbours)
+            at_least = run["population_size"] * (run["generations_to_solve"] + 1)
+            assert at_least <= run["evaluations_to_solve"] <= run["evaluations"]
+        elif run["solved"]:
             assert run["evaluations_to_solve"] == run["population_size"] * (run["generations_to_solve"] + 1)
         else:
             assert run["generations_to_solve"] is None
@@ -238,3 +242,16 @@ def test_operon_runs_at_the_equal_budget():
     assert RUN_FIELDS <= set(record) and record["method"] == "operon"
     assert record["evaluations"] <= 10 * 21 and record["best_mse_history"] is None
     assert {"solved_own_semantics", "native_expression", "parse_error"} <= set(record)
+
+
+def test_evaluations_to_solve_come_from_the_methods_own_count():
+    # A restart at generation 2 scored 30 neighbours of the elite besides the population of 10.
+    task = evaluation.Task("quadratic", problems.get_problem("quadratic"))
+    history = [1.0, 0.5, 0.5, 1e-20]
+    record = evaluation.make_record("basic", task, 0, expression=None, mse=1e-20, generations=3, evaluations=70,
+                                    population_size=10, seconds=1.0, history=history, solved=True,
+                                    evaluations_history=[10, 20, 60, 70])
+    assert record["generations_to_solve"] == 3 and record["evaluations_to_solve"] == 70
+    record = evaluation.make_record("gplearn", task, 0, expression=None, mse=1e-20, generations=3, evaluations=40,
+                                    population_size=10, seconds=1.0, history=history, solved=True)
+    assert record["evaluations_to_solve"] == 40
