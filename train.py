@@ -765,6 +765,34 @@ def write_checkpoint_extras(folder: Path, config: RunConfig, tokenizer, info: di
     })
 
 
+def save_random_checkpoint(folder, model_shape: dict, mode: str = "onestep", point_prefix: bool = False,
+                           context_type: str = "basic", max_target_tokens: int = 32) -> Path:
+    """An untrained (random-weight) checkpoint written the way a training run writes one.
+
+    For tests and benchmarks of what reads checkpoints (NeuralSR): the model
+    is built by `build_model` from a run config whose model shape is
+    `model_shape` (GPT-Neo config keys, as in training/gpt-neo-*.json),
+    `save_pretrained` writes the weights and `write_checkpoint_extras` the
+    tokenizer, resolved config and meta file (with the prompt settings a
+    trained checkpoint records), so loading goes through the real path.
+    """
+    import tokenizer as tk
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_config = folder.parent / f"{folder.name}-model.json"
+    model_config.write_text(json.dumps(model_shape))
+    config = RunConfig(mode=mode, train_file="synthetic.train.jsonl", point_prefix=point_prefix, max_length=1024,
+                       model_config=str(model_config), seed=0,
+                       point_embedder={"mlp_hidden": 32} if point_prefix else {})
+    tokenizer = tk.build_tokenizer()
+    build_model(config, tokenizer).save_pretrained(str(folder))
+    prompt = {"conversion": {"onestep": "one_step"}.get(mode, mode), "context_type": context_type,
+              "max_target_tokens": max_target_tokens}
+    write_checkpoint_extras(folder, config, tokenizer, {"mode": mode, "prompt": prompt}, step=0)
+    return folder
+
+
 def _extras_callback(config: RunConfig, tokenizer, info: dict):
     from transformers import TrainerCallback
 

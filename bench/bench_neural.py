@@ -38,6 +38,11 @@ Protocol (issue items 2 and 7), one command on the GPU machine:
   CPU core (affinity pinned), time per generation = sum of fit times / sum of
   generations. The ratio printed is NeuralSR per problem-generation /
   BasicSR per generation (> 1: a NeuralSR generation costs more).
+- The same, measured end to end (`neuralsr_step`): BatchedNeuralSR with a
+  random-weight checkpoint of the benchmark's shape saved like train.py
+  saves one, B searches in lockstep on the harder problems for 2 and for 6
+  generations; (t6 - t2) / 4 / B = seconds per problem-generation, against
+  the same BasicSR reference (the issue's target: <= 2x).
 
     python3 bench/bench_neural.py --json $OUT/bench_neural.json     # GPU machine, < 4 minutes
     python bench/bench_neural.py --smoke                             # CPU, seconds
@@ -52,7 +57,9 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
@@ -254,6 +261,48 @@ def basic_sr_per_generation(generations: int, n_points: int = 50) -> dict:
                 problems=list(problems.TIERS["harder"]))
 
 
+def neuralsr_step(B: int, settings: dict, device, dtype, compile_mode: str, folder,
+                  generations: tuple[int, int] = (2, 6)) -> dict:
+    """The real thing: BatchedNeuralSR on B problems, seconds per problem-generation.
+
+    A random-weight checkpoint of the benchmark's model shape is saved the
+    way train.py saves one (train.save_random_checkpoint) and loaded by
+    neural_sr.Proposer; B searches (the harder problems cycled, 50 points,
+    population 20, max_size 25, max_depth 10, early stop off, temperature 1)
+    run in lockstep for G1 and for G2 generations, and the difference of the
+    two wall times / (G2 - G1) / B is the time per problem-generation: one
+    batched model call per generation, prompts, parsing, fallback children
+    and fitness evaluation included, start-up excluded. The random model's
+    children mostly fall back to evolution, so the CPU part is an upper bound
+    of a trained model's (whose children are parsed and scored instead).
+    """
+    import problems
+    import train
+    from batched_neural_sr import BatchedNeuralSR
+    from neural_sr import Proposer
+
+    checkpoint = train.save_random_checkpoint(Path(folder) / "random", settings, max_target_tokens=32)
+    proposer = Proposer.load(checkpoint, device=device, dtype=dtype, compile=compile_mode)
+    names = problems.TIERS["harder"]
+    datasets = [problems.get_problem(names[i % len(names)]).sample(seed=i // len(names)) for i in range(B)]
+    seconds = {}
+    for count in generations:
+        batched = BatchedNeuralSR(checkpoint=proposer, batch_size=B, population_size=20, num_generations=count,
+                                  max_size=25, max_depth=10, early_stop_threshold=None, temperature=1.0)
+        batched.fit_many(datasets, seeds=list(range(B)))  # warm-up: graph capture, caches
+        synchronize(device)
+        started = time.perf_counter()
+        fitted = batched.fit_many(datasets, seeds=list(range(B)))
+        synchronize(device)
+        seconds[count] = time.perf_counter() - started
+    first, last = generations
+    per_generation = (seconds[last] - seconds[first]) / (last - first)
+    proposals = sum(model.n_proposals_ for model in fitted)
+    return dict(B=B, compile=compile_mode, generations=list(generations), wall_seconds=seconds,
+                seconds_per_generation=per_generation, seconds_per_problem_generation=per_generation / B,
+                well_formed_rate=sum(model.n_neural_ for model in fitted) / proposals if proposals else 0.0)
+
+
 def pin_one_core() -> str:
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
@@ -401,6 +450,16 @@ def main(argv=None) -> int:
         print(f"BasicSR (pop 20, max_size 25, max_depth 10, {args.basic_generations} generations, harder tier, "
               f"one core): {basic['seconds_per_generation'] * 1e6:.1f} us per generation")
         print(f"ratio NeuralSR / BasicSR per generation: {comparison['ratio_neural_to_basic']:.2f}")
+        # The real NeuralSR step (issue target: per problem-generation <= 2x BasicSR per generation).
+        mode = "eager" if device.type != "cuda" else ("cuda_graphs" if "cuda_graphs" in samplers else "eager")
+        with tempfile.TemporaryDirectory() as folder:
+            real = neuralsr_step(B, settings, device, dtype, mode, folder)
+        real["ratio_to_basic"] = real["seconds_per_problem_generation"] / basic["seconds_per_generation"]
+        comparison["batched_neural_sr"] = real
+        print(f"BatchedNeuralSR, measured end to end at B={B} ({mode}, random weights, "
+              f"well-formed {real['well_formed_rate']:.1%}): {real['seconds_per_generation'] * 1e3:.1f} ms per "
+              f"generation = {real['seconds_per_problem_generation'] * 1e6:.1f} us per problem-generation; "
+              f"ratio to BasicSR {real['ratio_to_basic']:.2f} (target <= 2)")
 
     elapsed = time.perf_counter() - began
     print(f"\ntotal {elapsed:.1f} s")

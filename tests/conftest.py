@@ -39,32 +39,10 @@ TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "attention_typ
 
 
 def save_tiny_checkpoint(folder, mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16):
-    """A random-weight GPT-Neo (or PrefixLM) checkpoint written the way train.py writes one.
-
-    train.build_model builds it from a run config, save_pretrained writes the
-    safetensors weights (as the Trainer's save_model does) and
-    train.write_checkpoint_extras the tokenizer, resolved config and meta
-    file, so loading it goes through the real path.
-    """
-    import json
-    from pathlib import Path
-
-    import tokenizer as tk
+    """A random-weight GPT-Neo (or PrefixLM) checkpoint written the way train.py writes one."""
     import train
 
-    folder = Path(folder)
-    model_config = folder.parent / f"{folder.name}-model.json"
-    model_config.write_text(json.dumps(TINY_MODEL))
-    config = train.RunConfig(mode=mode, train_file="synthetic.train.jsonl", point_prefix=point_prefix,
-                             max_length=1024, model_config=str(model_config), seed=0,
-                             point_embedder={"mlp_hidden": 32} if point_prefix else {})
-    tokenizer = tk.build_tokenizer()
-    model = train.build_model(config, tokenizer)
-    model.save_pretrained(str(folder))
-    prompt = {"conversion": {"onestep": "one_step"}.get(mode, mode), "context_type": context_type,
-              "max_target_tokens": max_target_tokens}
-    train.write_checkpoint_extras(folder, config, tokenizer, {"mode": mode, "prompt": prompt}, step=0)
-    return folder
+    return train.save_random_checkpoint(folder, TINY_MODEL, mode, point_prefix, context_type, max_target_tokens)
 
 
 @pytest.fixture(scope="session")
