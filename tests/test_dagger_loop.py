@@ -212,14 +212,11 @@ def test_resume_redoes_an_unfinished_iteration(imitation, stand_in_checkpoint, t
 
 
 def test_a_failing_stage_stops_the_loop_with_its_error_and_a_log(imitation, stand_in_checkpoint, tmp_path, capsys):
-    """In a worktree without NeuralSR, generate_traces.py --checkpoint exits 2: the loop says where and stops."""
-    try:
-        import neural_sr  # noqa: F401
-        pytest.skip("NeuralSR exists: the traces stage would succeed")
-    except ImportError:
-        pass
+    """generate_traces.py exits 2 on a checkpoint that is not one: the loop says where and stops."""
+    not_a_checkpoint = tmp_path / "not_a_checkpoint"
+    not_a_checkpoint.mkdir()
     output_dir = tmp_path / "loop"
-    assert dagger.main(loop_args(imitation, stand_in_checkpoint, output_dir)) == 2
+    assert dagger.main(loop_args(imitation, not_a_checkpoint, output_dir)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: iteration 1, stage traces failed (exit 2)")
     log = json.loads((output_dir / dagger.LOG_NAME).read_text())
