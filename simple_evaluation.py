@@ -183,9 +183,10 @@ def settings_of(plan: Plan, workers: int) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="basic,neural",
+    parser.add_argument("--methods", default=None,
                         help="comma-separated methods: basic (BasicSR), neural (NeuralSR, needs a checkpoint), "
-                             "gplearn, operon (peers, when installed) (default: basic,neural)")
+                             "gplearn, operon (peers, when installed) (default: basic,neural when the shipped "
+                             "checkpoint models/neuralsr-tiny exists, else basic)")
     parser.add_argument("--problems", default="harder",
                         help="comma-separated problem names, tiers (ultra, simple, harder, extra, all) and/or CSV "
                              "files (columns x0..xk then y) (default: harder)")
@@ -222,6 +223,9 @@ def parse_methods(text: str) -> list[str]:
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """A checked Plan; EvaluationInputError on any bad input, before any run starts."""
+    if args.methods is None:  # neural only once a checkpoint is shipped, so the bare command always runs
+        args.methods = "basic,neural" if (Path(__file__).resolve().parent / "models" / "neuralsr-tiny").is_dir() \
+            else "basic"
     methods = parse_methods(args.methods)
     tasks = resolve_tasks(args.problems)
     seeds = parse_seeds(args.seeds)
