@@ -232,11 +232,23 @@ class BasicSR:
     # A fit is `begin` then `step` until it returns False. Batched searches
     # (batched_neural_sr.py) run many estimators in lockstep through these.
 
-    def begin(self, X, y) -> bool:
-        """Start a fit: make, score and record generation 0; True while generations remain."""
-        X, y = _check_data(X, y)
+    def prepare(self, X, y, generation: int = 0) -> "BasicSR":
+        """Set the search up on (X, y) without evolving; returns self.
+
+        The state is as at `generation` with the best just improved (no
+        stagnation restart due), so `generate_new_population` can be applied
+        to populations from elsewhere: DAgger's expert acts on the learner's
+        states (dagger_relabel.py). ValueError for unusable data or parameters.
+        """
+        X, y = check_data(X, y)
         self._validate_params()
         self._setup(X, y)
+        self._last_improvement = generation
+        return self
+
+    def begin(self, X, y) -> bool:
+        """Start a fit: make, score and record generation 0; True while generations remain."""
+        self.prepare(X, y)
         self._start = time.perf_counter()
         self._recorder = TrajectoryRecorder() if self.collect_trajectory else None
         self.best_mse_history_ = []
@@ -617,7 +629,8 @@ def _as_2d(X) -> np.ndarray:
     return X[:, None] if X.ndim == 1 else X
 
 
-def _check_data(X, y) -> tuple[np.ndarray, np.ndarray]:
+def check_data(X, y) -> tuple[np.ndarray, np.ndarray]:
+    """X as a 2-D float array and y as a 1-D one; ValueError when they are unusable for a fit."""
     X = _as_2d(X)
     y = np.asarray(y, dtype=np.float64).ravel()
     if X.ndim != 2 or X.shape[0] != y.shape[0]:

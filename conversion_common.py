@@ -48,7 +48,6 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing
 import sys
 import time
 from collections import Counter
@@ -64,6 +63,7 @@ import file_io
 import format_utils as fu
 import tokenizer as tk
 from file_io import DataFileError
+from parallel import parallel_map
 from generate_traces import file_sha256
 from progress import Progress
 from random_stream import make_generator
@@ -469,6 +469,22 @@ class Conversion:
     extra: dict = field(default_factory=dict)  # more sidecar fields (search settings, layout)
 
 
+def trace_conversion(name: str, data: TraceInput, lines: Callable, args, **parameters) -> Conversion:
+    """The Conversion of a traces file's (trace, problem context) items (one-step, autoregressive).
+
+    `parameters`: the script's own options for the sidecar, after the common
+    ones and the context type.
+    """
+    return Conversion(
+        name=name, items=list(zip(data.traces, data.contexts)),
+        expression_id=lambda item: int(item[0]["expression_id"]),
+        lines=lines, texts=prompt_target, sources=data.sources, max_vars=data.max_vars,
+        constants=data.settings["constants"],
+        parameters={**common_parameters(args), "context_type": args.context_type, **parameters},
+        extra={"search_settings": {k: list(v) for k, v in data.settings.items()}},
+    )
+
+
 def _item_lines(lines_for, item) -> tuple[list[str], Counter]:
     """The lines of one item and what it skipped (run in a worker when there are several)."""
     counts: Counter = Counter()
@@ -482,15 +498,9 @@ def converted_items(conversion: Conversion, workers: int = 1):
     or a functools.partial of one).
     """
     items = conversion.items
-    if workers <= 1 or len(items) < 2:
-        for item in items:
-            yield (item, *_item_lines(conversion.lines, item))
-        return
-    chunk_size = max(1, min(16, len(items) // (8 * workers)))
-    with multiprocessing.Pool(workers) as pool:
-        results = pool.imap(functools.partial(_item_lines, conversion.lines), items, chunksize=chunk_size)
-        for item, (lines, counts) in zip(items, results):
-            yield item, lines, counts
+    results = parallel_map(functools.partial(_item_lines, conversion.lines), items, workers)
+    for item, (lines, counts) in zip(items, results):
+        yield item, lines, counts
 
 
 def write_sidecar(path: Path, content: dict) -> None:
@@ -620,11 +630,15 @@ def common_parameters(args) -> dict:
             ("input", "output", "expressions_file", "sample_fraction", "split", "val_fraction", "seed")}
 
 
-def run_cli(body: Callable[[], object]) -> int:
-    """Run a conversion main body: bad data files and bad options print one `error:` line and exit 2."""
+def run_cli(build_parser: Callable[[], argparse.ArgumentParser], convert: Callable[[object, list], object],
+            argv=None) -> int:
+    """A conversion script's main: parse, `convert(args, argv)`; bad data files and options print one
+    `error:` line and exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     try:
         with file_io.exit_on_data_error():
-            body()
+            convert(args, argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -41,9 +41,9 @@ relabelled file replaces its labels and keeps the recorded source, so
 running twice, in place or not, gives the same bytes.
 
 Determinism: the labels of a trace depend only on (trace, X, y, parameters,
-seed); every trace passes through one pickle round trip on its own (see
-`generate_traces._canonical`) and the metadata holds no timestamp, host or
-output path, so the file is the same bytes for any --workers and any run.
+seed); every trace is stored as its own pickle (file_io) and the metadata
+holds no timestamp, host or output path, so the file is the same bytes for
+any --workers and any run.
 Writes are atomic (file_io.save). Nothing is replaced without --in_place
 (the input) or --overwrite (an existing --output).
 """
@@ -53,8 +53,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import multiprocessing
-import pickle
 import sys
 import time
 from collections import Counter
@@ -64,9 +62,10 @@ import numpy as np
 
 import conversion_common as cc
 import file_io
-from basic_sr import BasicSR, _check_data  # TODO(lead): public API (_check_data)
+from basic_sr import BasicSR, check_data
 from file_io import DataFileError
-from generate_traces import PICKLE_PROTOCOL, VOLATILE_METADATA, file_sha256
+from generate_traces import VOLATILE_METADATA, file_sha256
+from parallel import parallel_map
 from progress import Progress
 from random_stream import derive_seed
 from trajectory import NO_PARENT, population_at
@@ -115,10 +114,8 @@ def expert_step(params: dict, X: np.ndarray, y: np.ndarray, population: list[tup
     `population` and `fitnesses` are the learner's generation `generation - 1`;
     `seed` is this step's own seed (see the module docstring).
     """
-    expert = BasicSR(**params, seed=seed)
-    expert._setup(X, y)  # TODO(lead): public API (variables, operators, constants, scorer on X, y)
-    # Act as at `generation` with no stagnation behind: never a restart (see the module docstring).
-    expert._last_improvement = generation  # TODO(lead): public API
+    # As at `generation` with no stagnation behind: never a restart (see the module docstring).
+    expert = BasicSR(**params, seed=seed).prepare(X, y, generation)
     with np.errstate(all="ignore"):
         return expert.generate_new_population(list(population), np.asarray(fitnesses, dtype=np.float64), generation)
 
@@ -147,33 +144,25 @@ def learner_trace(trace: dict) -> dict:
     return {key: value for key, value in trace.items() if key not in LABEL_FIELDS}
 
 
-def _pickled_relabelled(item: tuple, params: dict, seed: int) -> tuple[bytes, Counter]:
-    """(pickled relabelled trace, its label origins) of a (trace, X, y) item; runs in a worker."""
+def _relabelled(item: tuple, params: dict, seed: int) -> tuple[dict, Counter]:
+    """(relabelled trace, its label origins) of a (trace, X, y) item; runs in a worker."""
     trace, X, y = item
     relabelled = relabel_trace(trace, X, y, params, seed)
     counts = Counter(origin for entry in relabelled["dagger_origins"][1:] for origin in entry)
-    return pickle.dumps(relabelled, protocol=PICKLE_PROTOCOL), counts
+    return relabelled, counts
 
 
 def relabel_traces(items: list[tuple], params: dict, seed: int, workers: int = 1, progress: bool = True):
     """Yield (relabelled trace, label origin counts) for (trace, X, y) items, in input order.
 
-    Every trace comes back through one pickle round trip on its own, with 1
-    worker or N, so the file written from them is the same bytes.
+    file_io stores every record as its own pickle, so the file is the same
+    bytes whether a trace was relabelled here or came back from a worker.
     """
-    run = functools.partial(_pickled_relabelled, params=params, seed=seed)
-    workers = max(1, min(workers, len(items)))
+    run = functools.partial(_relabelled, params=params, seed=seed)
     with Progress(len(items), "traces", disable=not progress) as bar:
-        if workers == 1:
-            for pickled, counts in map(run, items):
-                bar.update(1)
-                yield pickle.loads(pickled), counts
-            return
-        chunk_size = max(1, min(16, len(items) // (8 * workers)))
-        with multiprocessing.Pool(workers) as pool:
-            for pickled, counts in pool.imap(run, items, chunksize=chunk_size):
-                bar.update(1)
-                yield pickle.loads(pickled), counts
+        for result in parallel_map(run, items, workers):
+            bar.update(1)
+            yield result
 
 
 # --------------------------------------------------------------------------
@@ -192,7 +181,7 @@ def learner_items(traces: list[dict], records: list[dict], params: dict, path) -
                                 f"{population.shape} and fitnesses {fitnesses.shape} do not make states of "
                                 f"at least {smallest} individuals")
         try:
-            X, y = _check_data(record["X"], record["y"])  # TODO(lead): public API
+            X, y = check_data(record["X"], record["y"])
         except ValueError as error:
             raise DataFileError(f"{path}: expression {trace['expression_id']}: unusable X, y ({error})") from None
         items.append((learner_trace(trace), X, y))

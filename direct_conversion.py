@@ -151,9 +151,7 @@ def convert(args, argv: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    return cc.run_cli(lambda: convert(args, argv))
+    return cc.run_cli(build_parser, convert, argv)
 
 
 if __name__ == "__main__":

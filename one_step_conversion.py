@@ -294,24 +294,14 @@ def convert(args, argv: list[str]) -> dict:
     options = OneStepOptions(args.ancestors_only, args.dagger, args.keep_elite_copies, args.sample_fraction,
                              args.seed)
     source = str(args.input)
-    conversion = cc.Conversion(
-        name="one_step", items=list(zip(data.traces, data.contexts)),
-        expression_id=lambda item: int(item[0]["expression_id"]),
-        lines=functools.partial(item_lines, options=options, source=source),
-        texts=cc.prompt_target, sources=data.sources, max_vars=data.max_vars,
-        constants=data.settings["constants"],
-        parameters={**cc.common_parameters(args), "context_type": args.context_type,
-                    "ancestors_only": args.ancestors_only, "dagger": args.dagger,
-                    "keep_elite_copies": args.keep_elite_copies},
-        extra={"search_settings": {k: list(v) for k, v in data.settings.items()}},
-    )
+    conversion = cc.trace_conversion("one_step", data, functools.partial(item_lines, options=options, source=source),
+                                     args, ancestors_only=args.ancestors_only, dagger=args.dagger,
+                                     keep_elite_copies=args.keep_elite_copies)
     return cc.run_conversion(conversion, args, argv, SCRIPT)
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    return cc.run_cli(lambda: convert(args, argv))
+    return cc.run_cli(build_parser, convert, argv)
 
 
 if __name__ == "__main__":
