@@ -397,13 +397,21 @@ def _candidates(params: ExpressionParams, seed: int, workers: int, chunk_size: i
             yield from _generate_chunk(task)
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    # Closing this generator (the consumer is done) leaves the `with`, which terminates the pool.
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        pending: deque = deque()
+    pool = multiprocessing.get_context(method).Pool(workers)
+    pending: deque = deque()
+    try:
         for task in tasks:
             pending.append(pool.apply_async(_generate_chunk, (task,)))
             if len(pending) == 2 * workers:  # a bounded window keeps memory flat
                 yield from pending.popleft().get()
+    finally:
+        # Closing this generator (the consumer is done) ends here. Pool.terminate() can deadlock
+        # while its task thread is writing to a worker (seen with 16 workers): let the few chunks
+        # already submitted finish instead, then close the pool normally.
+        for result in pending:
+            result.wait()
+        pool.close()
+        pool.join()
 
 
 def generate_expressions(n_expressions: int, params: ExpressionParams | None = None, seed: int = 0,

@@ -318,3 +318,18 @@ def test_guarded_division_points_are_dropped_and_degenerate_formulas_rejected():
     X[:5, 1] = 0.0
     X32, y32, reason = ge.evaluate_dataset(("/", "x0", "x1"), X)
     assert reason is None and len(y32) == 35 and np.all(X32[:, 1] != 0.0)
+
+
+def test_many_workers_finish_and_match_one_worker():
+    """More workers than cores: the pool shuts down (Pool.terminate deadlocked here with 16 workers
+    while chunks were still queued; seen on the 16-core GPU machine and reproduced on 2 cores)."""
+    import subprocess
+    import sys
+
+    code = ("import generate_expressions as g; r, m = g.generate_expressions(300, workers=16); "
+            "print(len(r), r[-1]['expression'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=str(__import__("pathlib").Path(ge.__file__).parent))
+    assert result.returncode == 0, result.stderr
+    records, _ = generate_expressions(300, workers=1)
+    assert result.stdout.split(None, 1) == ["300", records[-1]["expression"] + "\n"]
