@@ -102,6 +102,7 @@ class RunConfig:
     lr_scheduler_type: str = "cosine"
     num_train_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides num_train_epochs
+    max_train_seconds: float | None = None  # stop (and save) once training has run this long (a wall-clock budget)
     max_grad_norm: float = 1.0
     optim: str = "auto"  # auto: fused AdamW on a GPU, AdamW on the CPU; or any Trainer optim name
     # --- speed
@@ -793,6 +794,36 @@ def save_random_checkpoint(folder, model_shape: dict, mode: str = "onestep", poi
     return folder
 
 
+def _time_limit_callbacks(config: RunConfig) -> list:
+    """A callback that ends training after `max_train_seconds` of training steps (none when unset).
+
+    Counted from the first step, so tokenizing is not included; the run then
+    ends as a finished one (final evaluation, `final/` checkpoint). The
+    learning-rate schedule still follows max_steps / epochs, so a run cut
+    short ends above the schedule's final rate.
+    """
+    if config.max_train_seconds is None:
+        return []
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each rank would decide on its own clock, and hang the others
+        raise ConfigError("max_train_seconds works in single-process runs only; use max_steps with several processes")
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        started = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.started is None:
+                self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.perf_counter() - self.started >= config.max_train_seconds:
+                if not control.should_training_stop:
+                    print0(f"max_train_seconds={config.max_train_seconds:g} reached at step {state.global_step}")
+                control.should_training_stop = True
+
+    return [TimeLimit()]
+
+
 def _extras_callback(config: RunConfig, tokenizer, info: dict):
     from transformers import TrainerCallback
 
@@ -890,7 +921,8 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
         data_collator=make_collator(config, tokenizer, model), processing_class=tokenizer,
-        callbacks=[_extras_callback(config, tokenizer, info), *callbacks], run_config=config,
+        callbacks=[_extras_callback(config, tokenizer, info), *_time_limit_callbacks(config), *callbacks],
+        run_config=config,
     )
     # The Trainer turns the KV cache off in the config; saved checkpoints should decode with it
     # (training itself never builds one: compute_loss passes use_cache=False).

@@ -385,3 +385,15 @@ def test_a_fine_tune_on_data_without_a_sidecar_keeps_its_parents_prompt_settings
     mixed.write_text("")
     assert train.run_prompt_settings(train.RunConfig(train_file=str(mixed))) is None
     assert train.run_prompt_settings(train.RunConfig(train_file=str(mixed), init_from=str(parent))) == settings
+
+
+def test_max_train_seconds_ends_a_run_as_a_finished_one(pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    training = pipeline_dir / "training"
+    result = train.train(tiny_config(training, tmp_path, model_config=str(pipeline_dir / "tiny-model.json"),
+                                     max_steps=30, eval_steps=0, max_train_seconds=0.0))
+    assert result["global_step"] == 1  # the limit is checked after each step
+    assert (result["final_dir"] / train.CHECKPOINT_META).exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(train.ConfigError, match="single-process"):
+        train._time_limit_callbacks(train.RunConfig(max_train_seconds=5.0))
