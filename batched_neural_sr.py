@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--top_k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
     add("--top_p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
     add("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    add("--constrained", action="store_true", help="grammar-constrained decoding (every proposal well-formed)")
     add("--json", metavar="PATH", default=None, help="also write every run's summary as JSON to PATH")
     add("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -168,7 +169,8 @@ def run_problems(args) -> list[dict]:
     batched = BatchedNeuralSR(
         checkpoint=args.checkpoint, batch_size=args.batch_size, population_size=args.population_size,
         num_generations=args.num_generations, max_size=args.max_size, max_depth=args.max_depth, mode=args.mode,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, device=args.device)
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, device=args.device,
+        constrained=args.constrained)
     datasets = [problem.sample(seed=s, n_points=args.n_points) for problem, s in runs]
     seeds = [derive_seed(args.seed, zlib.crc32(problem.name.encode()), s) for problem, s in runs]
     fitted = batched.fit_many(datasets, seeds, progress=not args.quiet)

@@ -209,6 +209,8 @@ class NeuralOptions:
     top_p: float = 1.0
     device: str | None = None
     batch_size: int = 256
+    time_limit: float | None = None  # seconds for the whole batched NeuralSR call; None: no limit
+    constrained: bool = False  # grammar-constrained decoding (NeuralSR's `constrained`)
 
     def resolved_checkpoint(self) -> str:
         """The checkpoint folder; EvaluationInputError when it does not exist.
@@ -235,6 +237,8 @@ class NeuralOptions:
             "top_k": self.top_k,
             "top_p": self.top_p,
             "device": self.device,
+            "time_limit": self.time_limit,
+            "constrained": self.constrained,
         }
 
 
@@ -271,6 +275,12 @@ def add_neural_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top_k", type=int, default=options.top_k, help="NeuralSR top-k sampling, 0: off (default: %(default)s)")
     parser.add_argument("--top_p", type=float, default=options.top_p, help="NeuralSR nucleus (top-p) sampling, 1: off (default: %(default)s)")
     parser.add_argument("--device", default=None, help="device for the model: cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--constrained", action="store_true",
+                        help="NeuralSR decodes under the expression grammar: every proposal well-formed, within "
+                             "max_size, of the search's symbols (default: free sampling, as trained)")
+    parser.add_argument("--neural_time_limit", type=float, default=None, metavar="SECONDS",
+                        help="a safety net for time-boxed studies: NeuralSR runs still going this long after the "
+                             "batched call began stop there, unsolved (their generations show it); default: none")
 
 
 def budget_from_args(args: argparse.Namespace) -> Budget:
@@ -283,9 +293,12 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
 def neural_options_from_args(args: argparse.Namespace) -> NeuralOptions:
     """NeuralOptions of parsed arguments (batch_size when the script has it); the checkpoint is checked."""
     options = NeuralOptions(args.checkpoint, args.temperature, args.top_k, args.top_p, args.device,
-                            getattr(args, "batch_size", NeuralOptions.batch_size))
+                            getattr(args, "batch_size", NeuralOptions.batch_size),
+                            getattr(args, "neural_time_limit", None), bool(getattr(args, "constrained", False)))
     if options.temperature < 0 or options.top_k < 0 or not 0 < options.top_p <= 1 or options.batch_size < 1:
         raise EvaluationInputError("need --temperature >= 0, --top_k >= 0, 0 < --top_p <= 1 and --batch_size >= 1")
+    if options.time_limit is not None and options.time_limit <= 0:
+        raise EvaluationInputError(f"--neural_time_limit must be > 0 seconds, got {options.time_limit:g}")
     options.resolved_checkpoint()
     return options
 

@@ -79,7 +79,9 @@ def markdown_report(report: dict) -> str:
         neural = settings["neural"]
         lines.append(f"- neural: checkpoint `{neural['checkpoint']}`, temperature {neural['temperature']}, "
                      f"top_k {neural['top_k']}, top_p {neural['top_p']}, batch_size {neural['batch_size']}, "
-                     f"device {neural['device'] or 'auto'}")
+                     f"device {neural['device'] or 'auto'}"
+                     + (", grammar-constrained decoding" if neural.get("constrained") else ", free sampling")
+                     + (f", time limit {neural['time_limit']:g} s" if neural.get("time_limit") else ""))
     lines += ["", results_table(report["aggregates"], report["totals"]), ""]
     lines.append("Timing: " + "; ".join(
         f"{method} {info['seconds']:.1f} s ({info['timing']})" for method, info in report["methods"].items()

@@ -191,6 +191,73 @@ def truncate_at_eos(rows: Sequence[Sequence[int]], eos_id: int | None) -> list[l
 
 
 # --------------------------------------------------------------------------
+# Grammar-constrained decoding (infix expressions)
+
+# Token kinds of the expression grammar; a Grammar gives each vocabulary id one.
+OTHER, OPERAND, BINARY, UNARY, OPEN, CLOSE, END = range(7)
+# What the next token must be after a token of each kind: 0 an operand (or "(" or a function),
+# 1 an operator, ")" or the end, 2 "(" (after a function name).
+_EXPECT_AFTER = (1, 1, 0, 2, 0, 1, 1)
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """Which tokens may follow which: infix expressions of operands, binary operators, functions and parentheses.
+
+    `kinds[id]` is the kind of vocabulary id `id` (OTHER tokens are never
+    sampled). Sampling under a grammar masks, at every step, the tokens that
+    would make the text ill-formed: an operator where an operand is due, a
+    `)` without its `(`, the end before the parentheses are closed. It also
+    keeps every sequence able to finish: once the remaining tokens only just
+    suffice to close the open parentheses, nothing opens or extends. So every
+    sample ends with the end token within max_new_tokens (>= 2) and parses.
+    The per-row `allowed` mask of a call narrows the operands and operators
+    further (e.g. to a search's variables and constants), and the per-row
+    `max_nodes` bounds the expression's size (operands and operators; a
+    search's max_size): no operator is taken that would leave no room for
+    the operand it needs.
+    """
+
+    kinds: tuple
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.kinds)
+
+
+def grammar_mask(kinds: torch.Tensor, allowed: torch.Tensor, expect: torch.Tensor, depth: torch.Tensor,
+                 budget, nodes: torch.Tensor, max_nodes: torch.Tensor) -> torch.Tensor:
+    """(B, S, V) bool: the tokens each sequence may take next.
+
+    kinds (V,) long; allowed (B, V) bool; expect, depth, nodes (B, S) long
+    (the grammar state); budget: tokens left including this one (int or
+    tensor); max_nodes (B, 1) long.
+    """
+    zeros = torch.zeros_like(depth, dtype=torch.bool)
+    operand_due, operator_due = expect == 0, expect == 1
+    room = nodes + 2 <= max_nodes  # an operator and the operand it needs still fit
+    ok = torch.stack([
+        zeros,                                      # OTHER
+        operand_due & (budget >= depth + 2),        # OPERAND, then the closes and the end
+        operator_due & (budget >= depth + 3) & room,  # BINARY, an operand, the closes, the end
+        operand_due & (budget >= depth + 5) & room,   # UNARY, "(", an operand, depth + 1 closes, the end
+        ~operator_due & (budget >= depth + 4),      # OPEN (also after a function), an operand, depth + 1 closes, the end
+        operator_due & (depth > 0),                 # CLOSE
+        operator_due & (depth == 0),                # END
+    ], dim=-1)
+    return ok[..., kinds] & allowed[:, None, :]
+
+
+def grammar_advance(kinds: torch.Tensor, expect_after: torch.Tensor, chosen: torch.Tensor, expect: torch.Tensor,
+                    depth: torch.Tensor, nodes: torch.Tensor) -> None:
+    """Update the grammar state (in place) with the chosen tokens (B, S)."""
+    kind = kinds[chosen]
+    depth.add_((kind == OPEN).long() - (kind == CLOSE).long())
+    nodes.add_(((kind == OPERAND) | (kind == BINARY) | (kind == UNARY)).long())
+    expect.copy_(expect_after[kind])
+
+
+# --------------------------------------------------------------------------
 # State
 
 
@@ -201,6 +268,7 @@ class SamplingConfig:
     top_p: float = 1.0
     eos_id: int | None = None
     pad_id: int = 0
+    grammar: tuple | None = None  # Grammar.kinds when decoding is constrained
 
 
 @dataclass
@@ -231,6 +299,14 @@ class DecodeState:
     step: torch.Tensor  # (1,) long: index of the token being fed (0 = first generated token)
     gen_index: torch.Tensor  # (T,) long: arange(T)
     seq_index: torch.Tensor  # (L + T,) long: sequence index of every key (prompt, then generated)
+    # Grammar-constrained decoding only (None otherwise):
+    kinds: torch.Tensor | None = None  # (V,) long: token kinds
+    expect_after: torch.Tensor | None = None  # (7,) long
+    allowed: torch.Tensor | None = None  # (B, V) bool: the rows' permitted tokens
+    expect: torch.Tensor | None = None  # (B, S) long: what the next token must be
+    depth: torch.Tensor | None = None  # (B, S) long: open parentheses
+    nodes: torch.Tensor | None = None  # (B, S) long: operands and operators so far
+    max_nodes: torch.Tensor | None = None  # (B, 1) long: the rows' size limits
 
 
 class _Runner:
@@ -257,6 +333,15 @@ class _Runner:
             gen_index=torch.arange(T, device=device),
             seq_index=torch.arange(L + T, device=device),
         )
+        if config.grammar is not None:
+            st = self.state
+            st.kinds = torch.tensor(config.grammar, device=device, dtype=torch.long)
+            st.expect_after = torch.tensor(_EXPECT_AFTER, device=device, dtype=torch.long)
+            st.allowed = torch.ones(B, len(config.grammar), device=device, dtype=torch.bool)
+            st.expect = torch.zeros(B, S, device=device, dtype=torch.long)
+            st.depth = torch.zeros(B, S, device=device, dtype=torch.long)
+            st.nodes = torch.zeros(B, S, device=device, dtype=torch.long)
+            st.max_nodes = torch.zeros(B, 1, device=device, dtype=torch.long)
         self.graph = None
         if s.use_graphs and capture and T >= 2:  # T == 1: no decode step at all
             self._capture(s)
@@ -500,8 +585,14 @@ class SharedPrefixSampler:
         logits = self._forward_step(st)
         following = st.step + 1
         uniforms = st.uniforms.index_select(0, following).squeeze(0)
+        if config.grammar is not None:
+            budget = st.out.shape[2] - following  # tokens left, this one included
+            allowed = grammar_mask(st.kinds, st.allowed, st.expect, st.depth, budget, st.nodes, st.max_nodes)
+            logits = logits.masked_fill(~allowed, -math.inf)
         chosen = choose_tokens(logits, uniforms, config.temperature, config.top_k, config.top_p)
         chosen = torch.where(st.finished, torch.full_like(chosen, config.pad_id), chosen)
+        if config.grammar is not None:
+            grammar_advance(st.kinds, st.expect_after, chosen, st.expect, st.depth, st.nodes)
         if config.eos_id is not None:
             st.finished |= chosen == config.eos_id
         st.out.index_copy_(2, following, chosen.unsqueeze(2))
@@ -569,7 +660,8 @@ class SharedPrefixSampler:
     def sample_tensor(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
                       temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
                       pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
-                      prefix_embeds=None, prefix_mask=None, points=None, point_mask=None, uniforms=None):
+                      prefix_embeds=None, prefix_mask=None, points=None, point_mask=None, uniforms=None,
+                      grammar: Grammar | None = None, allowed=None, max_nodes=None):
         """Like `sample`, as tensors on the CPU: tokens (B, S, T') and lengths (B, S) (T' <= max_new_tokens).
 
         tokens[b, s, :lengths[b, s]] are the generated ids (the last one EOS
@@ -579,9 +671,16 @@ class SharedPrefixSampler:
             raise ValueError("n_samples and max_new_tokens must be >= 1")
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if grammar is not None:
+            if eos_id is None or max_new_tokens < 2 or grammar.vocab_size != self.vocab_size:
+                raise ValueError(f"a grammar needs eos_id, max_new_tokens >= 2 and one kind per vocabulary id "
+                                 f"({self.vocab_size}), got {grammar.vocab_size}")
+            if grammar.kinds[int(eos_id)] != END:
+                raise ValueError("the grammar's END token must be eos_id")
         pad = int(pad_id if pad_id is not None else (eos_id if eos_id is not None else 0))
         config = SamplingConfig(float(temperature), int(top_k), float(top_p),
-                                None if eos_id is None else int(eos_id), pad)
+                                None if eos_id is None else int(eos_id), pad,
+                                None if grammar is None else tuple(grammar.kinds))
         prefix_embeds, prefix_mask = self._prefix(prefix_embeds, prefix_mask, points, point_mask)
         ids, mask = left_pad(prompt_ids, pad)
         n_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
@@ -601,7 +700,27 @@ class SharedPrefixSampler:
         st = runner.state
         first = self.prefill(ids, mask, prefix_embeds, prefix_mask, out=st)
         st.uniforms.copy_(uniforms, non_blocking=True)
-        tokens = choose_tokens(first.logits[:, None, :], st.uniforms[0], temperature, top_k, top_p)
+        logits = first.logits[:, None, :]
+        if grammar is not None:
+            if allowed is None:
+                st.allowed.fill_(True)
+            elif tuple(allowed.shape) != (B, self.vocab_size):
+                raise ValueError(f"allowed must have shape (B, vocab) = {(B, self.vocab_size)}, got {tuple(allowed.shape)}")
+            else:
+                st.allowed.copy_(allowed)
+            if max_nodes is None:
+                st.max_nodes.fill_(T)  # no size limit beyond the token budget
+            else:
+                st.max_nodes.copy_(torch.as_tensor(max_nodes, dtype=torch.long).reshape(B, 1).to(st.max_nodes.device))
+            st.expect.zero_()
+            st.depth.zero_()
+            st.nodes.zero_()
+            start = grammar_mask(st.kinds, st.allowed, st.expect[:, :1], st.depth[:, :1], T, st.nodes[:, :1],
+                                 st.max_nodes)
+            logits = logits.masked_fill(~start, -math.inf)
+        tokens = choose_tokens(logits, st.uniforms[0], temperature, top_k, top_p)
+        if grammar is not None:
+            grammar_advance(st.kinds, st.expect_after, tokens, st.expect, st.depth, st.nodes)
         st.tokens.copy_(tokens)
         st.out[:, :, 0] = tokens
         if config.eos_id is None:
@@ -627,7 +746,7 @@ class SharedPrefixSampler:
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
                pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
                prefix_embeds=None, prefix_mask=None, points=None, point_mask=None,
-               uniforms=None) -> list[list[list[int]]]:
+               uniforms=None, grammar: Grammar | None = None, allowed=None, max_nodes=None) -> list[list[list[int]]]:
         """`n_samples` continuations of each prompt: result[b][s] = ids up to and including EOS (or max_new_tokens).
 
         prompt_ids: one list of token ids per problem (any lengths; left-padded
@@ -639,11 +758,14 @@ class SharedPrefixSampler:
         through the wrapper's embedder. `uniforms` (max_new_tokens, B,
         n_samples) in [0, 1), instead of a seed: the draws themselves, so a
         caller can give every problem its own seeded stream and a problem's
-        samples do not depend on which problems share its batch.
+        samples do not depend on which problems share its batch. `grammar`
+        (a Grammar, with `allowed` (B, V) bool: each row's permitted tokens,
+        and `max_nodes` (B,): each row's size limit) constrains every sample
+        to a well-formed expression.
         """
         tokens, lengths = self.sample_tensor(prompt_ids, n_samples, max_new_tokens, temperature, top_k, top_p, eos_id,
                                              pad_id, seed, generator, prefix_embeds, prefix_mask, points, point_mask,
-                                             uniforms)
+                                             uniforms, grammar, allowed, max_nodes)
         rows, counts = tokens.tolist(), lengths.tolist()
         return [[row[:count] for row, count in zip(problem, problem_counts)]
                 for problem, problem_counts in zip(rows, counts)]

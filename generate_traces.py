@@ -112,7 +112,7 @@ DEFAULT_OUTPUT_DIR = "datasets/traces"
 DEFAULT_CONSTANTS = (1.0,)
 CHECKPOINT_SECONDS = 30.0
 CHECKPOINT_MAX_SHARE = 0.1  # checkpoint writes may take at most this share of the run
-NEURAL_FLAGS = ("batch_size", "mode", "temperature", "top_k", "top_p", "device", "context_type")
+NEURAL_FLAGS = ("batch_size", "mode", "temperature", "top_k", "top_p", "device", "context_type", "constrained")
 # make_metadata keys that change from run to run: they go to the sidecar log instead.
 VOLATILE_METADATA = ("timestamp", "hostname")
 # Expressions-file metadata copied into the traces file to identify its source.
@@ -385,7 +385,7 @@ def neural_parameters(args) -> dict:
     return {"checkpoint": str(args.checkpoint), "batch_size": args.batch_size or DEFAULT_BATCH_SIZE,
             "mode": args.mode or "one_step", "temperature": 1.0 if args.temperature is None else args.temperature,
             "top_k": args.top_k or 0, "top_p": 1.0 if args.top_p is None else args.top_p,
-            "context_type": args.context_type}
+            "context_type": args.context_type, **({"constrained": True} if args.constrained else {})}
 
 
 def neural_settings(parameters: dict) -> dict:
@@ -404,6 +404,7 @@ def neural_settings(parameters: dict) -> dict:
         raise UsageError(f"--mode is {parameters['mode']!r} but checkpoint {folder} was trained for {trained_for!r}")
     sampling = {key: parameters[key] for key in ("mode", "temperature", "top_k", "top_p", "batch_size")}
     sampling["context_type"] = parameters["context_type"] or saved["context_type"]
+    sampling["constrained"] = bool(parameters.get("constrained", False))
     return {"checkpoint": str(folder), "checkpoint_sha256": checkpoint_fingerprint(folder), "sampling": sampling}
 
 
@@ -415,7 +416,8 @@ def make_batched(parameters: dict, params: dict, device=None):
     try:
         proposer = Proposer.load(parameters["checkpoint"], device=device, context_type=parameters["context_type"])
         return BatchedNeuralSR(checkpoint=proposer, batch_size=parameters["batch_size"], **params,
-                               **{key: parameters[key] for key in ("mode", "temperature", "top_k", "top_p")})
+                               **{key: parameters[key] for key in ("mode", "temperature", "top_k", "top_p")},
+                               constrained=bool(parameters.get("constrained", False)))
     except (CheckpointError, ValueError) as error:
         raise UsageError(str(error)) from None
 
@@ -425,6 +427,9 @@ def canonical_command(parameters: dict) -> list[str]:
     argv = [SCRIPT]
     for name, value in parameters.items():
         if value is None:  # an option left at its default
+            continue
+        if value is True:  # a flag
+            argv.append(f"--{name}")
             continue
         if name == "constants":
             value = ",".join(repr(float(c)) for c in value)
@@ -684,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--context_type", choices=("basic", "rich", "superrich"), default=None,
         help="NeuralSR: the prompt's context type (default: the one the checkpoint was trained with)")
     add("--device", default=None, help="NeuralSR: cuda or cpu (default: cuda when available)")
+    add("--constrained", action="store_const", const=True, default=None,
+        help="NeuralSR: grammar-constrained decoding (every proposal a well-formed expression of the search's "
+             "symbols within max_size); default: free sampling")
     return parser
 
 

@@ -63,6 +63,8 @@ import numpy as np
 import expressions as ex
 import format_utils as fu
 from basic_sr import BasicSR
+from expressions import format_constant, is_variable
+from operators import BINARY_OPERATORS, UNARY_OPERATORS
 from random_stream import derive_seed
 
 DEFAULT_CHECKPOINT = Path("models/neuralsr-tiny")
@@ -93,6 +95,19 @@ class ProposalRequest:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int | None = None  # None: the proposer's default
+    constrained: bool = False  # grammar-constrained decoding: every sample a well-formed expression of its search's symbols
+    max_nodes: int | None = None  # constrained: the largest expression (nodes) a sample may spell
+
+
+def _is_operand_token(text: str) -> bool:
+    """A token that is a whole operand: a variable (x3) or a whole constant (1.0), not a digit of one."""
+    if is_variable(text):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "." in text
 
 
 def _read_json(path: Path) -> dict | None:
@@ -141,7 +156,7 @@ class Proposer:
     """A checkpoint's model, tokenizer, prompt settings and fast sampler: loaded once, shared by many searches."""
 
     def __init__(self, model, tokenizer, *, mode: str | None, context_type: str, max_new_tokens: int | None = None,
-                 checkpoint=None, device=None, dtype=None, compile="eager"):
+                 checkpoint=None, device=None, dtype=None, compile="cuda_graphs"):
         import torch
 
         import point_embedder as pe
@@ -166,16 +181,22 @@ class Proposer:
         self.encoder = PromptEncoder(tokenizer)
         self.parser = OutputParser(tokenizer, self.sampler.vocab_size)
         self._points: dict[int, tuple] = {}  # id(X) -> (X, y, points, mask) of PrefixLM problems
+        self._grammar = None  # fast_sampler.Grammar, built on first constrained call
+        self._allowed: dict[tuple, tuple[int, ...]] = {}  # search symbols -> permitted token ids
         self.seconds = 0.0  # spent in the sampler (prefill, embedder and decode)
         self.calls = 0
+        self.overlong = 0  # requests whose prompt left the model no room to answer (empty outputs)
 
     @classmethod
-    def load(cls, checkpoint, device=None, dtype=None, compile="eager", context_type: str | None = None,
+    def load(cls, checkpoint, device=None, dtype=None, compile="cuda_graphs", context_type: str | None = None,
              max_new_tokens: int | None = None) -> "Proposer":
         """Load a train.py checkpoint folder; context type, mode and new-token budget come from its settings.
 
         `context_type` / `max_new_tokens` override what the checkpoint says
-        (needed for checkpoints saved without training settings).
+        (needed for checkpoints saved without training settings). `compile`:
+        the sampler's decode mode on CUDA (fast_sampler.COMPILE_MODES; CUDA
+        graphs by default, which cut the launch overhead of small batches);
+        ignored on the CPU.
         """
         folder = Path(checkpoint)
         if not (folder / "config.json").is_file():
@@ -254,43 +275,92 @@ class Proposer:
                 for samples in self.propose_ids(asked)]
 
     def propose_ids(self, requests: Sequence[ProposalRequest]) -> list[list[tuple[int, ...]]]:
-        """Generated ids per request and sample (up to and including <EOS>); one sampler call per sampling setting."""
+        """Generated ids per request and sample (up to and including <EOS>); one sampler call per sampling setting.
+
+        A prompt that leaves the model too few positions for the token budget
+        gets fewer new tokens (its own sampler call); one that leaves none (a
+        population of very large expressions) gets empty outputs, which the
+        search replaces by fallback children. `overlong` counts the latter.
+        """
         results: list = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[tuple, list[tuple[int, list[int]]]] = {}
         for index, request in enumerate(requests):
             budget = request.max_new_tokens or self.max_new_tokens
             if budget is None:
                 raise ValueError("no max_new_tokens: the checkpoint does not record its target lengths")
-            key = (float(request.temperature), int(request.top_k), float(request.top_p), int(budget))
-            groups.setdefault(key, []).append(index)
-        for (temperature, top_k, top_p, budget), indices in groups.items():
-            samples = self._sample([requests[i] for i in indices], temperature, top_k, top_p, budget)
-            for index, outputs in zip(indices, samples):
+            prompt = self.prompt_ids(request.state)
+            steps = min(int(budget), self.sampler.max_positions - (self.n_prefix + len(prompt)) + 1)
+            if steps < (2 if request.constrained else 1):
+                results[index] = [()] * request.n_samples
+                self.overlong += 1
+                continue
+            key = (float(request.temperature), int(request.top_k), float(request.top_p), int(budget), steps,
+                   bool(request.constrained))
+            groups.setdefault(key, []).append((index, prompt))
+        for (temperature, top_k, top_p, budget, steps, constrained), members in groups.items():
+            samples = self._sample([requests[i] for i, _ in members], [prompt for _, prompt in members],
+                                   temperature, top_k, top_p, budget, steps, constrained)
+            for (index, _), outputs in zip(members, samples):
                 results[index] = outputs
         return results
 
-    def _sample(self, requests, temperature, top_k, top_p, budget) -> list[list[tuple[int, ...]]]:
+    def _sample(self, requests, prompts, temperature, top_k, top_p, budget, steps,
+                constrained=False) -> list[list[tuple[int, ...]]]:
         import torch
 
-        prompts = [self.prompt_ids(request.state) for request in requests]
         width = max(request.n_samples for request in requests)
-        longest = self.n_prefix + max(len(prompt) for prompt in prompts)
-        # The prompts may have grown past what the model can see: fewer new tokens (more fallbacks), not a crash.
-        steps = min(budget, self.sampler.max_positions - longest + 1)
-        if steps < 1:
-            raise ValueError(f"a prompt of {longest} positions does not fit the model's "
-                             f"{self.sampler.max_positions} (population_size larger than trained on?)")
+        # Each request's uniforms come from its own seed for the full budget, so a sample does not depend on
+        # which requests share its call or how many steps the call runs.
         uniforms = torch.stack([self._uniforms(r.seed, budget, r.n_samples, width)[:steps] for r in requests], dim=1)
         started = time.perf_counter()
         tokens, lengths = self.sampler.sample_tensor(
             prompts, n_samples=width, max_new_tokens=steps, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, uniforms=uniforms,
-            **self._points_for(requests))
+            **self._grammar_for(requests, constrained), **self._points_for(requests))
         self.seconds += time.perf_counter() - started
         self.calls += 1
         rows, counts = tokens.tolist(), lengths.tolist()
         return [[tuple(row[:count]) for row, count in zip(rows[b][:r.n_samples], counts[b][:r.n_samples])]
                 for b, r in enumerate(requests)]
+
+    def grammar(self):
+        """The infix-expression Grammar over this tokenizer's ids (fast_sampler.Grammar), built once."""
+        if self._grammar is None:
+            import fast_sampler as fs
+
+            by_text = {"(": fs.OPEN, ")": fs.CLOSE, self.tokenizer.eos_token: fs.END}
+            by_text.update({symbol: fs.BINARY for symbol in BINARY_OPERATORS})
+            by_text.update({symbol: fs.UNARY for symbol in UNARY_OPERATORS})
+            kinds = [fs.OTHER] * self.sampler.vocab_size
+            for text, index in self.tokenizer.get_vocab().items():
+                if index < len(kinds):
+                    kinds[index] = by_text.get(text, fs.OPERAND if _is_operand_token(text) else fs.OTHER)
+            self._grammar = fs.Grammar(tuple(kinds))
+        return self._grammar
+
+    def allowed_tokens(self, state: fu.PromptState) -> tuple[int, ...]:
+        """Ids a constrained sample of this search may use: its variables, operators and one-token constants."""
+        key = (state.n_vars, tuple(state.binary_operators), tuple(state.unary_operators), tuple(state.constants))
+        ids = self._allowed.get(key)
+        if ids is None:
+            vocab = self.tokenizer.get_vocab()
+            texts = ["(", ")", self.tokenizer.eos_token, *state.binary_operators, *state.unary_operators,
+                     *(f"x{i}" for i in range(state.n_vars)), *(format_constant(c) for c in state.constants)]
+            ids = self._allowed[key] = tuple(sorted({vocab[text] for text in texts if text in vocab}))
+        return ids
+
+    def _grammar_for(self, requests, constrained: bool) -> dict:
+        """grammar/allowed for sample_tensor when the requests are constrained, else nothing."""
+        if not constrained:
+            return {}
+        import torch
+
+        allowed = torch.zeros(len(requests), self.sampler.vocab_size, dtype=torch.bool)
+        for row, request in enumerate(requests):
+            allowed[row, list(self.allowed_tokens(request.state))] = True
+        unlimited = 1 << 30
+        max_nodes = [request.max_nodes or unlimited for request in requests]
+        return {"grammar": self.grammar(), "allowed": allowed.to(self.device), "max_nodes": max_nodes}
 
     @staticmethod
     def _uniforms(seed: int, steps: int, n_samples: int, width: int):
@@ -351,13 +421,17 @@ class NeuralSR(BasicSR):
     _pause_garbage_collection = False  # the model's code may make reference cycles
 
     def __init__(self, *, checkpoint=DEFAULT_CHECKPOINT, mode: str = "one_step", temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, device=None, **basic_sr_params):
+                 top_k: int = 0, top_p: float = 1.0, device=None, constrained: bool = False, **basic_sr_params):
         """Every BasicSR parameter (keyword only) plus:
 
         checkpoint   a train.py checkpoint folder, or an already loaded Proposer (shared, loaded once)
         mode         "one_step" or "autoreg"; must match the checkpoint's training mode
         temperature  0 = greedy; top_k (0 = off) and top_p (1 = off) as in Hugging Face
         device       None: cuda when available, else cpu (ignored when checkpoint is a Proposer)
+        constrained  one-step mode: grammar-constrained decoding (fast_sampler.Grammar), so every
+                     proposal is a well-formed expression of this search's variables, operators and
+                     (one-token) constants that ends within the token budget; it may still be too
+                     large or score non-finite, and then falls back
         """
         self.checkpoint = checkpoint
         self.mode = mode
@@ -365,6 +439,7 @@ class NeuralSR(BasicSR):
         self.top_k = top_k
         self.top_p = top_p
         self.device = device
+        self.constrained = constrained
         super().__init__(**basic_sr_params)
 
     def _validate_params(self) -> None:
@@ -382,6 +457,8 @@ class NeuralSR(BasicSR):
         require(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p", "in (0, 1]")
         require(isinstance(self.checkpoint, (str, os.PathLike, Proposer)), "checkpoint",
                 "a checkpoint folder or a Proposer")
+        require(isinstance(self.constrained, (bool, np.bool_)), "constrained", "True or False")
+        require(not self.constrained or self.mode == "one_step", "constrained", "False in autoreg mode")
 
     # ------------------------------------------------------------------
     # Fitting: BasicSR's loop; `next_request` and `step_with` let batched_neural_sr drive many in lockstep
@@ -430,7 +507,8 @@ class NeuralSR(BasicSR):
                                self._unary, tuple(self._constants), self._X, self._y, self._proposer.context_type)
         n_samples = len(population) - 1 if self.mode == "one_step" else 1
         return ProposalRequest(state, n_samples, derive_seed(self._sampling_seed, SAMPLING_STREAM, generation),
-                               float(self.temperature), int(self.top_k), float(self.top_p), self._max_new_tokens)
+                               float(self.temperature), int(self.top_k), float(self.top_p), self._max_new_tokens,
+                               bool(self.constrained), int(self.max_size))
 
     def _finish(self) -> None:
         super()._finish()

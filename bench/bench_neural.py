@@ -262,7 +262,7 @@ def basic_sr_per_generation(generations: int, n_points: int = 50) -> dict:
 
 
 def neuralsr_step(B: int, settings: dict, device, dtype, compile_mode: str, folder,
-                  generations: tuple[int, int] = (2, 6)) -> dict:
+                  generations: tuple[int, int] = (2, 6), profile: str | None = None) -> dict:
     """The real thing: BatchedNeuralSR on B problems, seconds per problem-generation.
 
     A random-weight checkpoint of the benchmark's model shape is saved the
@@ -295,6 +295,20 @@ def neuralsr_step(B: int, settings: dict, device, dtype, compile_mode: str, fold
         fitted = batched.fit_many(datasets, seeds=list(range(B)))
         synchronize(device)
         seconds[count] = time.perf_counter() - started
+    if profile:  # where the step's time goes: cProfile of one more G2 run, top functions by own time
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        batched.fit_many(datasets, seeds=list(range(B)))
+        synchronize(device)
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+        Path(profile).write_text(text.getvalue())
     first, last = generations
     per_generation = (seconds[last] - seconds[first]) / (last - first)
     proposals = sum(model.n_proposals_ for model in fitted)
@@ -337,6 +351,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget_s", type=float, default=200.0, help="skip remaining GPU measurements after this")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, small sizes: seconds")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--profile", default=None, metavar="PATH",
+                        help="also write a cProfile of the end-to-end BatchedNeuralSR step here")
     args = parser.parse_args(argv)
     if args.smoke:
         args.device, args.sizes, args.prompt_len, args.new_tokens = "cpu", "1,4", 48, 8
@@ -453,7 +469,7 @@ def main(argv=None) -> int:
         # The real NeuralSR step (issue target: per problem-generation <= 2x BasicSR per generation).
         mode = "eager" if device.type != "cuda" else ("cuda_graphs" if "cuda_graphs" in samplers else "eager")
         with tempfile.TemporaryDirectory() as folder:
-            real = neuralsr_step(B, settings, device, dtype, mode, folder)
+            real = neuralsr_step(B, settings, device, dtype, mode, folder, profile=args.profile)
         real["ratio_to_basic"] = real["seconds_per_problem_generation"] / basic["seconds_per_generation"]
         comparison["batched_neural_sr"] = real
         print(f"BatchedNeuralSR, measured end to end at B={B} ({mode}, random weights, "

@@ -377,3 +377,74 @@ def test_cuda_logits_match_hf_and_graph_modes_match_eager(tokenizer):
                                                  eos_id=tokenizer.eos_token_id, pad_id=0)
             agree = np.mean([p[0] == q[0] for p, q in zip(greedy, greedy_hf)])
             assert agree >= (0.75 if dtype == torch.float32 else 0.5), (mode, dtype, agree)
+
+
+# ------------------------------------------------------------------ grammar-constrained decoding
+
+
+def expression_grammar(tokenizer, sampler):
+    """The Grammar NeuralSR's Proposer builds, without a checkpoint."""
+    from neural_sr import Proposer
+
+    holder = Proposer.__new__(Proposer)
+    holder.tokenizer, holder.sampler, holder._grammar = tokenizer, sampler, None
+    return Proposer.grammar(holder)
+
+
+def test_grammar_samples_are_well_formed_within_limits(model, tokenizer):
+    """A random model under the grammar: every sample ends, parses, uses only its row's tokens, fits max_nodes."""
+    from expression_parser import parse
+
+    sampler = fs.SharedPrefixSampler(model)
+    grammar = expression_grammar(tokenizer, sampler)
+    vocab = tokenizer.get_vocab()
+    rows = [["x0", "+", "*"], ["x0", "x1", "1.0", "-", "/", "sin"], ["x2", "+"]]
+    allowed = torch.zeros(3, sampler.vocab_size, dtype=torch.bool)
+    for row, texts in enumerate(rows):
+        allowed[row, [vocab[t] for t in texts + ["(", ")", "<EOS>"]]] = True
+    eos = tokenizer.eos_token_id
+    for T, max_nodes in [(16, [5, 7, 3]), (40, [25, 25, 25]), (2, [1, 1, 1])]:
+        got = sampler.sample(random_prompts(), n_samples=19, max_new_tokens=T, temperature=1.5, eos_id=eos, seed=T,
+                             grammar=grammar, allowed=allowed, max_nodes=max_nodes)
+        for row, samples in enumerate(got):
+            for ids in samples:
+                assert ids[-1] == eos and len(ids) <= T, ids
+                tokens = tokenizer.convert_ids_to_tokens(ids[:-1])
+                assert set(tokens) <= set(rows[row]) | {"(", ")"}, tokens
+                tree = parse("".join(tokens))
+                assert 1 <= len(tree) <= max_nodes[row], (tokens, tree)
+    # Free sampling from the same random model mostly does not parse at all: the grammar does the work.
+    free = sampler.sample(random_prompts(), n_samples=19, max_new_tokens=16, temperature=1.5, eos_id=eos, seed=0)
+    assert sum(ids[-1] == eos for samples in free for ids in samples) < 0.5 * 3 * 19
+
+
+def test_grammar_mask_rules():
+    kinds = torch.tensor([fs.OTHER, fs.OPERAND, fs.BINARY, fs.UNARY, fs.OPEN, fs.CLOSE, fs.END])
+    allowed = torch.ones(1, 7, dtype=torch.bool)
+
+    def may(expect, depth, budget, nodes=0, max_nodes=25):
+        mask = fs.grammar_mask(kinds, allowed, torch.tensor([[expect]]), torch.tensor([[depth]]), budget,
+                               torch.tensor([[nodes]]), torch.tensor([[max_nodes]]))
+        return {name for name, ok in zip("x+s()E", mask[0, 0, 1:].tolist()) if ok}
+
+    assert may(0, 0, 10) == {"x", "s", "("}  # an operand is due
+    assert may(1, 0, 10) == {"+", "E"} and may(1, 2, 10) == {"+", ")"}  # after an operand
+    assert may(2, 0, 10) == {"("}  # after a function name
+    assert may(0, 2, 4) == {"x"}  # 4 tokens left at depth 2: operand, ")", ")", end
+    assert may(0, 2, 6) == {"x", "("} and may(0, 2, 7) == {"x", "(", "s"}  # "(" needs 6, a function 7
+    assert may(2, 2, 6) == {"("}
+    assert may(1, 2, 4) == {")"} and may(1, 0, 2) == {"E"}
+    assert may(1, 0, 10, nodes=24) == {"E"}  # no room for an operator and its operand
+    expect, depth, nodes = torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)
+    fs.grammar_advance(kinds, torch.tensor(fs._EXPECT_AFTER), torch.tensor([[4, 3, 1]]), expect, depth, nodes)
+    assert expect.tolist() == [[0, 2, 1]] and depth.tolist() == [[1, 0, 0]] and nodes.tolist() == [[0, 1, 1]]
+
+
+def test_grammar_arguments_are_checked(model, tokenizer):
+    sampler = fs.SharedPrefixSampler(model)
+    grammar = expression_grammar(tokenizer, sampler)
+    with pytest.raises(ValueError, match="eos_id"):
+        sampler.sample(random_prompts(), max_new_tokens=8, grammar=grammar)
+    with pytest.raises(ValueError, match="allowed must have shape"):
+        sampler.sample(random_prompts(), max_new_tokens=8, eos_id=tokenizer.eos_token_id, grammar=grammar,
+                       allowed=torch.ones(2, 5, dtype=torch.bool))

@@ -230,7 +230,8 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys, monkeypatch):
 
 def test_parameters_follow_basic_sr_and_validate(proposer):
     names = NeuralSR._param_names()
-    assert names == BasicSR._param_names() + ["checkpoint", "mode", "temperature", "top_k", "top_p", "device"]
+    assert names == BasicSR._param_names() + ["checkpoint", "mode", "temperature", "top_k", "top_p", "device",
+                                             "constrained"]
     model = NeuralSR(checkpoint=proposer, population_size=7, temperature=0.0)
     assert repr(model) == f"NeuralSR(population_size=7, checkpoint={proposer!r}, temperature=0.0)"
     assert model.get_params()["max_size"] == BasicSR().max_size
@@ -260,6 +261,38 @@ def test_untrained_model_falls_back_and_leaves_a_valid_trace(proposer):
     again = NeuralSR(checkpoint=proposer, seed=3, collect_trajectory=True, early_stop_threshold=None,
                      **SMALL).fit(X, y)
     assert_same_fit(model, again)
+
+
+def test_constrained_decoding_makes_an_untrained_model_well_formed(proposer):
+    """The same random model: free sampling falls back almost always, grammar-constrained sampling rarely."""
+    X, y = quadratic()
+    free = NeuralSR(checkpoint=proposer, seed=3, early_stop_threshold=None, **SMALL).fit(X, y)
+    constrained = NeuralSR(checkpoint=proposer, seed=3, early_stop_threshold=None, constrained=True,
+                           collect_trajectory=True, **SMALL).fit(X, y)
+    check_neural_trajectory(constrained)
+    assert free.well_formed_rate_ < 0.5 < 0.8 <= constrained.well_formed_rate_
+    assert constrained.n_proposals_ == free.n_proposals_ == 6 * 7
+    assert NeuralSR(checkpoint=proposer, seed=3, constrained=True, **SMALL).get_params()["constrained"] is True
+    with pytest.raises(ValueError, match="constrained must be False in autoreg mode"):
+        NeuralSR(checkpoint=proposer, mode="autoreg", constrained=True)
+    state = fu.PromptState(0, [("x0",)], [0.0], 2, ("+", "*"), (), (1.0, 2.5), context_type="basic")
+    texts = set(proposer.tokenizer.convert_ids_to_tokens(list(proposer.allowed_tokens(state))))
+    assert texts == {"(", ")", "<EOS>", "+", "*", "x0", "x1", "1.0"}  # 2.5 is no single token: not spelled
+
+
+def test_a_prompt_too_long_for_the_model_gets_empty_outputs_not_a_crash(proposer):
+    from neural_sr import ProposalRequest
+
+    big = parse("((x0 * (x1 + x0)) - ((x1 / (x0 + 1.0)) * ((x0 - x1) + (x1 * x0))))")
+    small = fu.PromptState(0, [big] * 3, [-1.0] * 3, 2, ("+", "-", "*", "/"), (), (1.0,), context_type="basic")
+    huge = fu.PromptState(0, [big] * 40, [-1.0] * 40, 2, ("+", "-", "*", "/"), (), (1.0,), context_type="basic")
+    assert len(proposer.prompt_ids(huge)) > proposer.sampler.max_positions
+    before = proposer.overlong
+    outputs = proposer.propose_ids([ProposalRequest(small, 4, 0, max_new_tokens=8),
+                                    ProposalRequest(huge, 5, 1, max_new_tokens=8)])
+    assert len(outputs[0]) == 4 and all(len(ids) >= 1 for ids in outputs[0])
+    assert outputs[1] == [()] * 5 and proposer.overlong == before + 1
+    assert proposer.parse_child(()) is None  # the search falls back for these
 
 
 def test_usable_proposals_are_kept_and_the_rest_replaced(proposer):
@@ -431,9 +464,14 @@ def test_generate_traces_with_a_checkpoint_is_deterministic(expressions_file, ti
     assert metadata["method"] == "neural" and metadata["solver"] == "NeuralSR"
     assert metadata["checkpoint"] == str(tiny_checkpoint) and len(metadata["checkpoint_sha256"]) == 64
     assert metadata["sampling"] == {"mode": "one_step", "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-                                    "batch_size": 2, "context_type": "basic"}
+                                    "batch_size": 2, "context_type": "basic", "constrained": False}
     assert "--checkpoint" in metadata["command"] and "--batch_size 2" in metadata["command"]
     assert 0.0 <= metadata["well_formed_rate"] < 1.0
+    # Constrained decoding: recorded, repeated by the recorded command, and mostly usable proposals.
+    assert run_gt([*args, "--constrained", "--output", tmp_path / "constrained.pkl.gz"]) == 0
+    _, constrained = file_io.load(tmp_path / "constrained.pkl.gz", kind="traces")
+    assert constrained["sampling"]["constrained"] is True and "--constrained" in constrained["command"]
+    assert constrained["well_formed_rate"] > max(0.5, metadata["well_formed_rate"])
 
 
 def test_resume_continues_between_batches(expressions_file, tiny_checkpoint, tmp_path):
