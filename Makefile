@@ -1,7 +1,9 @@
 # ttsr developer entry points.
 #   make venv   - create .venv and install torch (CPU) + requirements (cached)
 #   make test   - run the test suite  (PYTEST_ARGS="-k foo -x" to pass args)
-#   make demo   - run demo.py
+#   make demo   - run demo.py (BasicSR vs NeuralSR with the shipped model, CPU)
+#   make study  - the distillation study (experiments/distill.py; GPU machine, < 9 min)
+#   make study-cpu - its CPU-sized variant (a minute or two; numbers meaningless)
 #   make bench  - run bench/bench_basic_sr.py
 #   make clean  - remove .venv and caches (never datasets/ or checkpoints/)
 
@@ -18,7 +20,7 @@ PIP     := $(VENV_PY) -m pip install $(PIP_FLAGS)
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench study study-cpu clean
 
 venv: $(STAMP)
 
@@ -39,6 +41,14 @@ demo: venv
 
 bench: venv
 	$(VENV_PY) bench/bench_basic_sr.py
+
+# The GPU machine's own python3 has torch and the rest: .venv is used only where it exists.
+STUDY_PY ?= $(shell test -x $(VENV_PY) && echo $(VENV_PY) || echo $(PYTHON))
+study:
+	$(STUDY_PY) experiments/distill.py --config experiments/distill-h100.json
+
+study-cpu: venv
+	$(VENV_PY) experiments/distill.py --config experiments/distill-cpu.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,585 @@
+"""The distillation study: synthetic expressions -> BasicSR traces -> training data -> tiny model -> evaluation.
+
+    python experiments/distill.py --config experiments/distill-h100.json            # GPU machine, < 9 min
+    python experiments/distill.py --config experiments/distill-cpu.json             # laptop, a few minutes
+    python experiments/distill.py --config ... --stages train,evaluate,report       # some stages only
+
+One command runs the whole study as stages, each a call of the project's
+own scripts (so every number can be reproduced by hand from the commands
+written to the study log):
+
+    expressions  generate_expressions.py (benchmark-equivalent formulas rejected)
+    traces       generate_traces.py, BasicSR on every expression, all cores
+    check        every traced expression re-checked against the 21 benchmark
+                 problems (problems.matches_benchmark): the training data
+                 must contain none of them
+    convert      one_step_conversion.py, one run per conversion variant
+    train        train.py, one run per model (all models at once: a tiny
+                 model leaves most of a GPU idle)
+    evaluate     simple_evaluation.py, one run per evaluation (BasicSR and
+                 NeuralSR on the benchmark problems; ablations NeuralSR only);
+                 evaluations run at once, group by group (an evaluation
+                 whose timing matters can have the GPU to itself)
+    report       study.json + study.md: stage times, data sizes, the
+                 training curves, every evaluation's table and the ablations
+
+A stage whose outputs exist is skipped (so an interrupted study resumes,
+and stages can be run one by one); `--force` reruns the chosen stages.
+Every command, its wall time and its log file are recorded in
+`<workdir>/study_log.json`; each command's output is in `<workdir>/logs/`.
+
+The config (experiments/*.json) names the work folder, the master seed and,
+per stage, the flags given to each script (a value `true` is a bare flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import file_io  # noqa: E402
+from progress import format_seconds  # noqa: E402
+
+STAGES = ("expressions", "traces", "check", "convert", "train", "evaluate", "report")
+TOGETHER = {"check": "convert"}  # the check's jobs run beside the conversions' (they read the same files)
+
+
+class StudyError(Exception):
+    """A bad config or a failed stage: one line for the user."""
+
+
+@dataclass
+class Job:
+    """One command of a stage: what it runs, what it must leave behind, where its output goes."""
+
+    stage: str
+    name: str
+    argv: list[str]
+    outputs: list[Path]
+    log: Path
+    env: dict = field(default_factory=dict)
+    group: int = 0  # jobs of a stage run group by group; the jobs of one group run at once
+
+    def done(self) -> bool:
+        return all(path.exists() for path in self.outputs)
+
+
+# --------------------------------------------------------------------------
+# Config
+
+
+def load_config(path: Path) -> dict:
+    """The study config, with its sections checked (one-line errors)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StudyError(f"config {path}: file not found") from None
+    except json.JSONDecodeError as error:
+        raise StudyError(f"config {path}: not valid JSON ({error})") from None
+    required = ("workdir", "expressions", "traces", "conversions", "models", "evaluations")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise StudyError(f"config {path}: missing {', '.join(missing)}")
+    for name, model in config["models"].items():
+        if model.get("conversion") not in config["conversions"]:
+            raise StudyError(f"config {path}: model {name!r} names unknown conversion {model.get('conversion')!r}")
+    for name, evaluation in config["evaluations"].items():
+        if "model" in evaluation and evaluation["model"] not in config["models"]:
+            raise StudyError(f"config {path}: evaluation {name!r} names unknown model {evaluation['model']!r}")
+    if config.get("ship") is not None and config["ship"] not in config["models"]:
+        raise StudyError(f"config {path}: ship names unknown model {config['ship']!r}")
+    return config
+
+
+def flags(options: dict) -> list[str]:
+    """{"--n": 5, "--split": true, "--skip": false} -> ["--n", "5", "--split"]."""
+    argv = []
+    for key, value in options.items():
+        if key.startswith("_") or value is False or value is None:
+            continue
+        argv.append(key)
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
+def worker_count(config: dict) -> int:
+    requested = int(config.get("workers", 0))
+    return requested if requested > 0 else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                            else os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------
+# The plan: every stage's jobs
+
+
+class Study:
+    """Paths and jobs of one study config."""
+
+    def __init__(self, config: dict, workdir: Path | None = None):
+        self.config = config
+        self.workdir = Path(workdir or config["workdir"])
+        if not self.workdir.is_absolute():
+            self.workdir = REPO / self.workdir
+        self.seed = int(config.get("seed", 0))
+        self.workers = worker_count(config)
+        self.python = sys.executable
+
+    # paths
+    @property
+    def expressions(self) -> Path:
+        return self.workdir / "expressions.pkl.gz"
+
+    @property
+    def traces(self) -> Path:
+        return self.workdir / "traces.pkl.gz"
+
+    @property
+    def check_file(self) -> Path:
+        return self.workdir / "benchmark_check.json"
+
+    def data(self, conversion: str) -> Path:
+        return self.workdir / "data" / conversion
+
+    def train_file(self, conversion: str) -> Path:
+        return self.workdir / "data" / f"{conversion}.train.jsonl"
+
+    def run_dir(self, model: str) -> Path:
+        return self.workdir / "checkpoints" / model
+
+    def checkpoint(self, model: str) -> Path:
+        return self.run_dir(model) / "final"
+
+    def evaluation_dir(self, evaluation: str) -> Path:
+        return self.workdir / "eval" / evaluation
+
+    def log(self, stage: str, name: str) -> Path:
+        return self.workdir / "logs" / f"{stage}-{name}.log"
+
+    def script(self, name: str) -> list[str]:
+        return [self.python, str(REPO / name)]
+
+    # jobs
+    def jobs(self, stage: str) -> list[Job]:
+        return getattr(self, f"_jobs_{stage}")()
+
+    def _jobs_expressions(self) -> list[Job]:
+        options = {"--seed": self.seed, "--workers": self.workers, **self.config["expressions"]}
+        argv = self.script("generate_expressions.py") + flags(options) + ["--output", str(self.expressions)]
+        return [Job("expressions", "expressions", argv, [self.expressions], self.log("expressions", "all"))]
+
+    def _jobs_traces(self) -> list[Job]:
+        options = {"--seed": self.seed, "--workers": self.workers, "--quiet": True, **self.config["traces"]}
+        argv = (self.script("generate_traces.py") + ["--expressions_file", str(self.expressions)] + flags(options)
+                + ["--output", str(self.traces)])
+        return [Job("traces", "traces", argv, [self.traces], self.log("traces", "all"))]
+
+    def _jobs_check(self) -> list[Job]:
+        argv = [self.python, str(Path(__file__).resolve()), "--check_benchmarks", str(self.expressions),
+                str(self.traces), str(self.check_file)]
+        return [Job("check", "benchmarks", argv, [self.check_file], self.log("check", "benchmarks"))]
+
+    def _jobs_convert(self) -> list[Job]:
+        jobs = []
+        for name, options in self.config["conversions"].items():
+            options = {"--seed": self.seed, "--workers": self.workers, "--quiet": True, "--split": True, **options}
+            argv = (self.script("one_step_conversion.py") + ["--input", str(self.traces)] + flags(options)
+                    + ["--output", str(self.data(name)), "--overwrite"])
+            jobs.append(Job("convert", name, argv, [self.train_file(name)], self.log("convert", name)))
+        return jobs
+
+    def _jobs_train(self) -> list[Job]:
+        jobs = []
+        for name, model in self.config["models"].items():
+            overrides = {"train_file": str(self.train_file(model["conversion"])), "output_dir": str(self.run_dir(name).parent),
+                         "run_name": name, "seed": self.seed, "disable_tqdm": True, **model.get("overrides", {})}
+            argv = self.script("train.py") + ["--config", str(REPO / model["config"])]
+            for key, value in overrides.items():
+                argv += ["-o", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+            jobs.append(Job("train", name, argv, [self.checkpoint(name) / "ttsr_train_meta.json"], self.log("train", name)))
+        return jobs
+
+    def _jobs_evaluate(self) -> list[Job]:
+        jobs = []
+        for name, evaluation in self.config["evaluations"].items():
+            options = dict(evaluation)
+            model = options.pop("model", None)
+            group = int(options.pop("group", 0))
+            options = {"--workers": options.pop("workers", self.workers), **options}
+            argv = self.script("simple_evaluation.py") + flags(options) + ["--output_dir", str(self.evaluation_dir(name)),
+                                                                          "--quiet"]
+            if model is not None:
+                argv += ["--checkpoint", str(self.checkpoint(model))]
+            jobs.append(Job("evaluate", name, argv, [self.evaluation_dir(name) / "evaluation.json"],
+                            self.log("evaluate", name), group=group))
+        return jobs
+
+    def _jobs_report(self) -> list[Job]:
+        return []  # done in this process
+
+
+# --------------------------------------------------------------------------
+# Running
+
+
+def run_jobs(study: Study, stage: str, jobs: list[Job], parallel: bool, force: bool, journal: list) -> float:
+    """Run a stage's jobs (all at once when `parallel`); a failure raises StudyError naming its log."""
+    todo = [job for job in jobs if force or not job.done()]
+    for job in jobs:
+        if job not in todo:
+            print(f"  {job.stage}/{job.name}: outputs exist, skipped (--force reruns)", flush=True)
+    started = time.perf_counter()
+    if not todo:
+        return 0.0
+    for job in todo:
+        if job.stage == "train" and study.run_dir(job.name).exists():
+            shutil.rmtree(study.run_dir(job.name))  # an unfinished run of ours (no final checkpoint)
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+    if parallel:  # e.g. a timed evaluation alone first (group 0), then the rest together
+        groups = [[job for job in todo if job.group == number] for number in sorted({job.group for job in todo})]
+    else:
+        groups = [[job] for job in todo]
+    for group in groups:
+        running = []
+        for job in group:
+            handle = open(job.log, "w")
+            handle.write("$ " + shlex.join(job.argv) + "\n")
+            handle.flush()
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **job.env}
+            process = subprocess.Popen(job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+            running.append((job, process, handle, time.perf_counter()))
+        try:
+            finished = wait_all(running)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM from a scheduler or `timeout`): stop our commands too
+            for _, process, handle, _ in running:
+                if process.poll() is None:
+                    process.terminate()
+                handle.close()
+            raise
+        for job, code, handle, seconds in finished:
+            handle.close()
+            journal.append({"stage": job.stage, "name": job.name, "command": shlex.join(job.argv),
+                            "seconds": round(seconds, 2), "exit": code, "log": str(job.log.relative_to(study.workdir))})
+            if code != 0:
+                tail = last_line(job.log)
+                raise StudyError(f"{job.stage}/{job.name} failed (exit {code}): {tail} (log: {job.log})")
+            print(f"  {job.stage}/{job.name}: {seconds:.1f} s — {last_line(job.log)}", flush=True)
+    return time.perf_counter() - started
+
+
+def wait_all(running: list, poll_seconds: float = 0.2, report_every: float = 60.0) -> list:
+    """Wait for every (job, process, log handle, start time); (job, exit code, handle, seconds) in input order.
+
+    Every `report_every` seconds a line names the jobs still running, with
+    the last line of each one's log (the scripts' own progress and ETA).
+    """
+    ended = {}
+    last_report = time.perf_counter()
+    while len(ended) < len(running):
+        for index, (job, process, handle, started) in enumerate(running):
+            if index not in ended and process.poll() is not None:
+                ended[index] = (job, process.returncode, handle, time.perf_counter() - started)
+        if len(ended) < len(running):
+            time.sleep(poll_seconds)
+            if time.perf_counter() - last_report >= report_every:
+                last_report = time.perf_counter()
+                for index, (job, _, handle, started) in enumerate(running):
+                    if index not in ended:
+                        handle.flush()
+                        print(f"  ... {job.stage}/{job.name} running for {format_seconds(last_report - started)}: "
+                              f"{last_line(job.log)[:160]}", flush=True)
+    return [ended[index] for index in range(len(running))]
+
+
+def last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+# --------------------------------------------------------------------------
+# The benchmark check
+
+
+def check_benchmarks(expressions_path: Path, traces_path: Path, output: Path) -> dict:
+    """Re-check every traced expression against the benchmark problems; write and return the result."""
+    import expression_parser
+    import problems
+
+    expressions = file_io.load(expressions_path, "expressions")
+    traces = file_io.load(traces_path, "traces")
+    traced_ids = {int(record["expression_id"]) for record in traces.records}
+    by_id = {int(record["id"]): record for record in expressions.records}
+    unknown = sorted(traced_ids - set(by_id))
+    matches = []
+    for expression_id in sorted(traced_ids & set(by_id)):
+        record = by_id[expression_id]
+        tree = expression_parser.parse(record["expression"])
+        name = problems.matches_benchmark(tree, int(record["n_vars"]))
+        if name is not None:
+            matches.append({"id": expression_id, "expression": record["expression"], "benchmark": name})
+    result = {"expressions_file": str(expressions_path), "traces_file": str(traces_path),
+              "traced_expressions": len(traced_ids), "unknown_ids": unknown[:20], "n_unknown_ids": len(unknown),
+              "benchmark_matches": matches, "n_benchmark_matches": len(matches),
+              "rejected_as_benchmark_at_generation": expressions.metadata.get("rejections", {}).get("benchmark"),
+              "method": "problems.matches_benchmark: equal within 1e-9 on 64 fixed points under every "
+                        "assignment of variables, for each of the 21 benchmark problems",
+              "clean": not matches and not unknown}
+    with file_io.atomic_open(output, "w") as handle:
+        json.dump(result, handle, indent=2)
+    return result
+
+
+# --------------------------------------------------------------------------
+# The report
+
+
+def training_curve(run_dir: Path) -> dict:
+    """Loss against step from a finished run's trainer_state.json."""
+    state_file = run_dir / "trainer_state.json"
+    if not state_file.exists():
+        return {}
+    history = json.loads(state_file.read_text()).get("log_history", [])
+    return {"train": [[entry["step"], entry["loss"]] for entry in history if "loss" in entry],
+            "eval": [[entry["step"], entry["eval_loss"]] for entry in history if "eval_loss" in entry],
+            "tokens_per_second": [entry["tokens_per_second"] for entry in history if "tokens_per_second" in entry],
+            "final": {key: value for key, value in (history[-1] if history else {}).items()
+                      if key.startswith("eval_") or key in ("train_runtime", "train_loss")}}
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def evaluation_summary(path: Path) -> dict:
+    """Per method: runs, solved, median generations/evaluations to solve, time per generation, well-formed."""
+    report = json.loads(path.read_text())
+    runs = report["runs"]
+    summary = {}
+    for method in dict.fromkeys(run["method"] for run in runs):
+        mine = [run for run in runs if run["method"] == method]
+        generations = sum(run["generations"] for run in mine)
+        to_solve = sorted(run["generations_to_solve"] for run in mine if run["generations_to_solve"] is not None)
+        evals_to_solve = sorted(run["evaluations_to_solve"] for run in mine if run["evaluations_to_solve"] is not None)
+        wall = report["methods"][method]["seconds"]
+        proposals = sum(run.get("n_proposals", 0) for run in mine)
+        row = {"runs": len(mine), "solved": sum(run["solved"] for run in mine),
+               "median_generations_to_solve": median(to_solve), "median_evaluations_to_solve": median(evals_to_solve),
+               "generations": generations, "wall_seconds": wall,
+               # one core per BasicSR run; NeuralSR: the batched call's wall time over all its problem-generations
+               "seconds_per_generation": (sum(run["seconds"] for run in mine) / generations if method != "neural"
+                                          else wall / generations) if generations else None}
+        if proposals:
+            row["well_formed_rate"] = sum(run["n_neural"] for run in mine) / proposals
+        row["per_problem"] = {problem: [sum(run["solved"] for run in mine if run["problem"] == problem),
+                                        sum(run["problem"] == problem for run in mine)]
+                              for problem in dict.fromkeys(run["problem"] for run in mine)}
+        summary[method] = row
+    return summary
+
+
+def median(values: list) -> float | None:
+    if not values:
+        return None
+    middle = len(values) // 2
+    return float(values[middle]) if len(values) % 2 else (values[middle - 1] + values[middle]) / 2.0
+
+
+def build_report(study: Study, journal: list) -> dict:
+    """study.json: the config, every command and its time, data sizes, curves and evaluation summaries."""
+    workdir = study.workdir
+    report = {"config": study.config, "workdir": str(workdir), "workers": study.workers, "commands": journal}
+    if study.expressions.exists():
+        meta = file_io.load(study.expressions, "expressions").metadata
+        report["expressions"] = {key: meta.get(key) for key in ("n_records", "rejections", "n_candidates")
+                                 if key in meta} or {"metadata_keys": sorted(meta)}
+    if study.check_file.exists():
+        check = json.loads(study.check_file.read_text())
+        report["benchmark_check"] = {key: check[key] for key in ("traced_expressions", "n_benchmark_matches",
+                                                                  "n_unknown_ids", "clean", "method")}
+    if study.traces.exists():
+        traces = file_io.load(study.traces, "traces")
+        report["traces"] = {"records": len(traces.records),
+                            "generations": sum(int(record["n_generations"]) for record in traces.records),
+                            "solved": sum(bool(record["solved"]) for record in traces.records)}
+    report["conversions"] = {}
+    for name in study.config["conversions"]:
+        train_file = study.train_file(name)
+        sidecar = Path(str(study.data(name)) + ".json")
+        report["conversions"][name] = {
+            "train_examples": count_lines(train_file),
+            "val_examples": count_lines(study.workdir / "data" / f"{name}.val.jsonl"),
+            "sidecar": json.loads(sidecar.read_text()) if sidecar.exists() else None}
+    report["models"] = {name: training_curve(study.run_dir(name)) for name in study.config["models"]}
+    report["evaluations"] = {}
+    for name in study.config["evaluations"]:
+        path = study.evaluation_dir(name) / "evaluation.json"
+        if path.exists():
+            report["evaluations"][name] = {"settings": study.config["evaluations"][name],
+                                           "methods": evaluation_summary(path)}
+    return report
+
+
+def plot_training_curves(report: dict, path: Path) -> Path | None:
+    """Train and eval loss against step, one line pair per model (PNG); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    for name, curve in report.get("models", {}).items():
+        if curve.get("train"):
+            steps, losses = zip(*curve["train"])
+            line, = axis.plot(steps, losses, label=f"{name} (train)")
+            if curve.get("eval"):
+                steps, losses = zip(*curve["eval"])
+                axis.plot(steps, losses, "o--", color=line.get_color(), label=f"{name} (val)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (target tokens)")
+    axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with file_io.atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)
+    return path
+
+
+def markdown(report: dict) -> str:
+    """The study's tables as markdown (evaluations, then data and training)."""
+    lines = ["# Distillation study", "", f"work folder `{report['workdir']}`, {report['workers']} workers", ""]
+    lines += ["| evaluation | method | solved | median gens to solve | median evals to solve | s / generation "
+              "| well-formed |", "|---|---|---|---|---|---|---|"]
+    for name, evaluation in report.get("evaluations", {}).items():
+        for method, row in evaluation["methods"].items():
+            wf = row.get("well_formed_rate")
+            spg = row["seconds_per_generation"]
+            lines.append(f"| {name} | {method} | {row['solved']}/{row['runs']} | {fmt(row['median_generations_to_solve'])} "
+                         f"| {fmt(row['median_evaluations_to_solve'])} | {'-' if spg is None else f'{spg * 1e6:,.0f} µs'} "
+                         f"| {'-' if wf is None else f'{wf:.1%}'} |")
+    lines += ["", "| stage | job | seconds |", "|---|---|---|"]
+    lines += [f"| {entry['stage']} | {entry['name']} | {entry['seconds']:.1f} |" for entry in report["commands"]]
+    lines += ["", "```json", json.dumps({key: report.get(key) for key in ("expressions", "traces", "benchmark_check")},
+                                         indent=1), "```"]
+    for name, conversion in report.get("conversions", {}).items():
+        lines.append(f"- conversion `{name}`: {conversion['train_examples']:,} train / "
+                     f"{conversion['val_examples']:,} val examples")
+    for name, curve in report.get("models", {}).items():
+        if curve.get("train"):
+            first, last = curve["train"][0], curve["train"][-1]
+            lines.append(f"- model `{name}`: loss {first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} (step {last[0]}); "
+                         f"final {curve['final']}")
+    return "\n".join(lines) + "\n"
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+# --------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--config", default=str(REPO / "experiments" / "distill-h100.json"),
+                        help="study config JSON (experiments/*.json)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated stages to run, in this order: {','.join(STAGES)}")
+    parser.add_argument("--workdir", default=None, help="work folder (default: the config's workdir)")
+    parser.add_argument("--force", action="store_true", help="rerun the chosen stages even where outputs exist")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run a stage's jobs one after the other (default: trainings and evaluations at once)")
+    parser.add_argument("--check_benchmarks", nargs=3, metavar=("EXPRESSIONS", "TRACES", "OUTPUT"),
+                        help="internal: the check stage's command")
+    return parser
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # a `timeout` or scheduler stop ends the running commands too
+    try:
+        if args.check_benchmarks:
+            with file_io.exit_on_data_error():
+                result = check_benchmarks(*map(Path, args.check_benchmarks))
+            print(f"{result['traced_expressions']} traced expressions: {result['n_benchmark_matches']} equivalent "
+                  f"to a benchmark problem, {result['n_unknown_ids']} not in the expressions file")
+            return 0 if result["clean"] else 1
+        config = load_config(Path(args.config))
+        stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+        unknown = [stage for stage in stages if stage not in STAGES]
+        if unknown:
+            raise StudyError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        study = Study(config, args.workdir)
+        study.workdir.mkdir(parents=True, exist_ok=True)
+        journal_path = study.workdir / "study_log.json"
+        journal = json.loads(journal_path.read_text()) if journal_path.exists() else []
+        ordered = [stage for stage in STAGES if stage in stages]
+        print(f"study {args.config} -> {study.workdir} ({study.workers} workers); stages {', '.join(ordered)}", flush=True)
+        started = time.perf_counter()
+        steps = []  # (stage, stages whose jobs run beside it)
+        for stage in ordered:
+            if args.sequential:
+                steps.append((stage, []))
+            elif not (stage in TOGETHER and TOGETHER[stage] in ordered):  # else it runs with its partner
+                steps.append((stage, [other for other, partner in TOGETHER.items()
+                                      if partner == stage and other in ordered]))
+        for number, (stage, partners) in enumerate(steps, 1):
+            elapsed = time.perf_counter() - started
+            jobs = study.jobs(stage) + [job for other in partners for job in study.jobs(other)]
+            label = " + ".join([stage, *partners])
+            print(f"[{number}/{len(steps)}] {label} (elapsed {format_seconds(elapsed)})", flush=True)
+            if stage != "report":
+                parallel = stage in ("convert", "train", "evaluate") and not args.sequential
+                try:
+                    run_jobs(study, stage, jobs, parallel, args.force, journal)
+                finally:
+                    with file_io.atomic_open(journal_path, "w") as handle:
+                        json.dump(journal, handle, indent=1)
+        if "report" in ordered:
+            report = build_report(study, journal)
+            with file_io.atomic_open(study.workdir / "study.json", "w") as handle:
+                json.dump(report, handle, indent=1, default=str)
+            plot_training_curves(report, study.workdir / "training_curves.png")
+            text = markdown(report)
+            with file_io.atomic_open(study.workdir / "study.md", "w") as handle:
+                handle.write(text)
+            print(text)
+        print(f"study done in {format_seconds(time.perf_counter() - started)}: {study.workdir}", flush=True)
+        return 0
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished stages are kept (rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The distillation recipe (experiments/distill.py): its CPU-sized variant end to end, resuming, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "experiments"))
+
+import distill  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The CPU variant (experiments/distill-cpu.json) run once, in a temporary work folder."""
+    workdir = tmp_path_factory.mktemp("distill")
+    result = subprocess.run([sys.executable, str(REPO / "experiments" / "distill.py"), "--config",
+                             str(REPO / "experiments" / "distill-cpu.json"), "--workdir", str(workdir)],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result.stdout
+
+
+def test_cpu_variant_runs_every_stage_and_reports(study):
+    workdir, stdout = study
+    report = json.loads((workdir / "study.json").read_text())
+    config = json.loads((REPO / "experiments" / "distill-cpu.json").read_text())
+    assert report["benchmark_check"]["clean"] and report["benchmark_check"]["traced_expressions"] == 40
+    assert report["traces"]["records"] == 40
+    for name in config["conversions"]:
+        assert report["conversions"][name]["train_examples"] > 0
+    for name in config["models"]:
+        assert (workdir / "checkpoints" / name / "final" / "model.safetensors").exists()
+        assert report["models"][name]["train"], name  # a loss curve
+    assert set(report["evaluations"]) == set(config["evaluations"])
+    main = report["evaluations"]["main-10"]["methods"]
+    assert set(main) == {"basic", "neural"} and main["neural"]["runs"] == main["basic"]["runs"] == 5
+    assert 0.0 <= main["neural"]["well_formed_rate"] <= 1.0
+    stages = {entry["stage"] for entry in report["commands"]}
+    assert stages == {"expressions", "traces", "check", "convert", "train", "evaluate"}
+    assert "| main-10 | neural |" in (workdir / "study.md").read_text()
+    # Every recorded command is a plain command line of the project's scripts.
+    assert all("python" in entry["command"] and entry["exit"] == 0 for entry in report["commands"])
+
+
+def test_a_second_run_skips_finished_stages(study):
+    workdir, _ = study
+    result = subprocess.run([sys.executable, str(REPO / "experiments" / "distill.py"), "--config",
+                             str(REPO / "experiments" / "distill-cpu.json"), "--workdir", str(workdir),
+                             "--stages", "expressions,traces,train"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("outputs exist, skipped") == 4  # expressions, traces, two models
+
+
+def test_benchmark_check_finds_a_benchmark_expression(study, tmp_path):
+    """The check can fail: a traces file whose expression is a benchmark problem is reported."""
+    import file_io
+
+    workdir, _ = study
+    expressions = file_io.load(workdir / "expressions.pkl.gz", "expressions")
+    records = [dict(record) for record in expressions.records[:3]]
+    records[1]["expression"], records[1]["n_vars"] = "x1 * (x0 * x0)", 2  # bivariate_product, relabelled
+    file_io.save(tmp_path / "e.pkl.gz", "expressions", records, expressions.metadata)
+    traces = file_io.load(workdir / "traces.pkl.gz", "traces")
+    kept = [record for record in traces.records if record["expression_id"] in {r["id"] for r in records}]
+    file_io.save(tmp_path / "t.pkl.gz", "traces", kept, traces.metadata)
+    result = distill.check_benchmarks(tmp_path / "e.pkl.gz", tmp_path / "t.pkl.gz", tmp_path / "check.json")
+    assert not result["clean"] and [m["benchmark"] for m in result["benchmark_matches"]] == ["bivariate_product"]
+    assert distill.main(["--check_benchmarks", str(tmp_path / "e.pkl.gz"), str(tmp_path / "t.pkl.gz"),
+                         str(tmp_path / "c2.json")]) == 1
+
+
+def test_bad_configs_fail_with_one_line(tmp_path, capsys):
+    assert distill.main(["--config", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: file not found" in capsys.readouterr().err
+    config = json.loads((REPO / "experiments" / "distill-cpu.json").read_text())
+    config["models"]["main"]["conversion"] = "nope"
+    (tmp_path / "bad.json").write_text(json.dumps(config))
+    assert distill.main(["--config", str(tmp_path / "bad.json")]) == 2
+    assert "unknown conversion 'nope'" in capsys.readouterr().err
+    assert distill.main(["--config", str(REPO / "experiments" / "distill-cpu.json"), "--stages", "train,fly"]) == 2
+    assert "unknown stage(s) fly" in capsys.readouterr().err
+
+
+def test_shipped_study_configs_are_valid():
+    for path in sorted((REPO / "experiments").glob("distill-*.json")):
+        config = distill.load_config(path)
+        study = distill.Study(config, workdir="/nonexistent")
+        for stage in distill.STAGES:
+            study.jobs(stage)  # every job builds
