@@ -110,6 +110,25 @@ def _is_operand_token(text: str) -> bool:
     return "." in text
 
 
+def expression_grammar(tokenizer, vocab_size: int):
+    """fast_sampler.Grammar of ttsr's infix expressions over `tokenizer`'s ids (kinds for `vocab_size` ids).
+
+    Parentheses, the end token, the registry's binary and unary operators,
+    and whole-operand tokens (variables, one-token constants such as 1.0);
+    everything else (digits, markers, context words) is never sampled.
+    """
+    import fast_sampler as fs
+
+    by_text = {"(": fs.OPEN, ")": fs.CLOSE, tokenizer.eos_token: fs.END}
+    by_text.update({symbol: fs.BINARY for symbol in BINARY_OPERATORS})
+    by_text.update({symbol: fs.UNARY for symbol in UNARY_OPERATORS})
+    kinds = [fs.OTHER] * vocab_size
+    for text, index in tokenizer.get_vocab().items():
+        if index < vocab_size:
+            kinds[index] = by_text.get(text, fs.OPERAND if _is_operand_token(text) else fs.OTHER)
+    return fs.Grammar(tuple(kinds))
+
+
 def _read_json(path: Path) -> dict | None:
     if not path.exists():
         return None
@@ -326,16 +345,7 @@ class Proposer:
     def grammar(self):
         """The infix-expression Grammar over this tokenizer's ids (fast_sampler.Grammar), built once."""
         if self._grammar is None:
-            import fast_sampler as fs
-
-            by_text = {"(": fs.OPEN, ")": fs.CLOSE, self.tokenizer.eos_token: fs.END}
-            by_text.update({symbol: fs.BINARY for symbol in BINARY_OPERATORS})
-            by_text.update({symbol: fs.UNARY for symbol in UNARY_OPERATORS})
-            kinds = [fs.OTHER] * self.sampler.vocab_size
-            for text, index in self.tokenizer.get_vocab().items():
-                if index < len(kinds):
-                    kinds[index] = by_text.get(text, fs.OPERAND if _is_operand_token(text) else fs.OTHER)
-            self._grammar = fs.Grammar(tuple(kinds))
+            self._grammar = expression_grammar(self.tokenizer, self.sampler.vocab_size)
         return self._grammar
 
     def allowed_tokens(self, state: fu.PromptState) -> tuple[int, ...]:

@@ -383,12 +383,10 @@ def test_cuda_logits_match_hf_and_graph_modes_match_eager(tokenizer):
 
 
 def expression_grammar(tokenizer, sampler):
-    """The Grammar NeuralSR's Proposer builds, without a checkpoint."""
-    from neural_sr import Proposer
+    """The Grammar NeuralSR's Proposer uses."""
+    from neural_sr import expression_grammar as build
 
-    holder = Proposer.__new__(Proposer)
-    holder.tokenizer, holder.sampler, holder._grammar = tokenizer, sampler, None
-    return Proposer.grammar(holder)
+    return build(tokenizer, sampler.vocab_size)
 
 
 def test_grammar_samples_are_well_formed_within_limits(model, tokenizer):
@@ -448,3 +446,29 @@ def test_grammar_arguments_are_checked(model, tokenizer):
     with pytest.raises(ValueError, match="allowed must have shape"):
         sampler.sample(random_prompts(), max_new_tokens=8, eos_id=tokenizer.eos_token_id, grammar=grammar,
                        allowed=torch.ones(2, 5, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_grammar_sampling_is_well_formed_and_matches_eager(tokenizer):
+    """The grammar's state lives in the captured graph's static buffers: replays must update and reset it."""
+    from expression_parser import parse
+
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(neo_config(tokenizer)).eval().to("cuda", torch.float32)
+    eager, graphs = fs.SharedPrefixSampler(model), fs.SharedPrefixSampler(model, compile="cuda_graphs")
+    grammar = expression_grammar(tokenizer, eager)
+    allowed = torch.ones(3, eager.vocab_size, dtype=torch.bool)
+    kwargs = dict(n_samples=7, max_new_tokens=24, temperature=1.2, eos_id=tokenizer.eos_token_id, grammar=grammar,
+                  allowed=allowed.cuda(), max_nodes=[9, 15, 25])
+    for seed in (0, 1):  # the second call replays the graph with fresh grammar state
+        got = graphs.sample(random_prompts(), seed=seed, **kwargs)
+        expected = eager.sample(random_prompts(), seed=seed, **kwargs)
+        assert any(runner.graph is not None for runner in graphs._runners.values())
+        for row, samples in enumerate(got):
+            for ids in samples:
+                assert ids[-1] == tokenizer.eos_token_id
+                tree = parse("".join(tokenizer.convert_ids_to_tokens(ids[:-1])))
+                assert len(tree) <= kwargs["max_nodes"][row]
+        agree = np.mean([a == b for p, q in zip(got, expected) for a, b in zip(p, q)])
+        assert agree >= 0.75, agree
