@@ -257,6 +257,15 @@ def _default_output_dir() -> Path:
     return Path("results") / f"evaluation_{stamp}"
 
 
+def _neural_on_cpu(device: str | None) -> bool:
+    """Whether NeuralSR's model will run on the CPU (device given as cpu, or none given and no CUDA)."""
+    if device is not None:
+        return str(device).startswith("cpu")
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -269,6 +278,9 @@ def main(argv=None) -> int:
     print(f"{runs} runs: {', '.join(plan.methods)} x {len(plan.tasks)} problems x seeds "
           f"{', '.join(map(str, plan.seeds))}; population {plan.budget.population_size} x "
           f"{plan.budget.num_generations} generations ({plan.budget.evaluations:,} evaluations)", flush=True)
+    if plan.neural is not None and _neural_on_cpu(plan.neural.device):
+        print("note: NeuralSR runs on the CPU (no CUDA device): about 0.5 s per problem-generation on a 2-core "
+              "laptop, so a long budget takes a while; --num_generations and --seeds bound it", flush=True)
     report = run_evaluation(plan, args.workers, progress=not args.quiet)
     parameters = {**vars(args), "output_dir": str(output_dir)}
     recorded_argv = None if argv is None else ["simple_evaluation.py", *argv]
