@@ -375,8 +375,9 @@ def evaluation_summary(path: Path) -> dict:
     for method in dict.fromkeys(run["method"] for run in runs):
         mine = [run for run in runs if run["method"] == method]
         generations = sum(run["generations"] for run in mine)
-        to_solve = sorted(run["generations_to_solve"] for run in mine if run["generations_to_solve"] is not None)
-        evals_to_solve = sorted(run["evaluations_to_solve"] for run in mine if run["evaluations_to_solve"] is not None)
+        solved = [run for run in mine if run["solved"] and run["generations_to_solve"] is not None]
+        to_solve = sorted(run["generations_to_solve"] for run in solved)  # over solved runs, as simple_evaluation
+        evals_to_solve = sorted(run["evaluations_to_solve"] for run in solved)
         wall = report["methods"][method]["seconds"]
         proposals = sum(run.get("n_proposals", 0) for run in mine)
         row = {"runs": len(mine), "solved": sum(run["solved"] for run in mine),
@@ -493,7 +494,7 @@ def markdown(report: dict) -> str:
 
 
 def fmt(value) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    return "-" if value is None else f"{value:,.1f}".removesuffix(".0")
 
 
 # --------------------------------------------------------------------------
