@@ -113,13 +113,14 @@ def is_well_formed(expression: Sequence) -> bool:
         if token.__class__ is float:
             if not math.isfinite(token):
                 return False
-        elif token.__class__ is not str or not (token in _ARITY or _is_variable_name(token)):
+        elif token.__class__ is not str or not (token in _ARITY or is_variable_name(token)):
             return False
         need += arity(token) - 1
     return need == 0 and len(expression) > 0
 
 
-def _is_variable_name(token: str) -> bool:
+def is_variable_name(token: str) -> bool:
+    """Whether a text is a variable's name: x0, x1, ..., x12 (no leading zeros)."""
     digits = token[1:]
     return len(token) > 1 and token[0] == "x" and digits.isascii() and digits.isdigit() and (
         token == "x0" or token[1] != "0"

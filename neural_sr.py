@@ -63,7 +63,7 @@ import numpy as np
 import expressions as ex
 import format_utils as fu
 from basic_sr import BasicSR
-from expressions import format_constant, is_variable
+from expressions import is_variable_name
 from operators import BINARY_OPERATORS, UNARY_OPERATORS
 from random_stream import derive_seed
 
@@ -100,14 +100,16 @@ class ProposalRequest:
 
 
 def _is_operand_token(text: str) -> bool:
-    """A token that is a whole operand: a variable (x3) or a whole constant (1.0), not a digit of one."""
-    if is_variable(text):
+    """A token that is a whole operand: a variable (x3) or a whole constant (1.0), not a character of a number."""
+    if is_variable_name(text):
         return True
+    if len(text) == 1 and text in fu.NUMBER_CHARACTERS:  # a digit, ".", "e" or a sign
+        return False
     try:
         float(text)
     except ValueError:
         return False
-    return "." in text
+    return True
 
 
 def expression_grammar(tokenizer, vocab_size: int):
@@ -349,13 +351,20 @@ class Proposer:
         return self._grammar
 
     def allowed_tokens(self, state: fu.PromptState) -> tuple[int, ...]:
-        """Ids a constrained sample of this search may use: its variables, operators and one-token constants."""
+        """Ids a constrained sample of this search may use: its variables, operators and constant tokens.
+
+        A constant's token is its magnitude, as the tokenizer spells it
+        (tokenizer.constant_tokens: `-2.5` is `-` then `2.5`); the grammar has
+        no unary minus, so a constrained sample writes the magnitude.
+        """
+        from tokenizer import constant_tokens
+
         key = (state.n_vars, tuple(state.binary_operators), tuple(state.unary_operators), tuple(state.constants))
         ids = self._allowed.get(key)
         if ids is None:
             vocab = self.tokenizer.get_vocab()
             texts = ["(", ")", self.tokenizer.eos_token, *state.binary_operators, *state.unary_operators,
-                     *(f"x{i}" for i in range(state.n_vars)), *(format_constant(c) for c in state.constants)]
+                     *(f"x{i}" for i in range(state.n_vars)), *constant_tokens(state.constants)]
             ids = self._allowed[key] = tuple(sorted({vocab[text] for text in texts if text in vocab}))
         return ids
 

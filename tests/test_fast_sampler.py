@@ -416,6 +416,17 @@ def test_grammar_samples_are_well_formed_within_limits(model, tokenizer):
     assert sum(ids[-1] == eos for samples in free for ids in samples) < 0.5 * 3 * 19
 
 
+def test_expression_grammar_kinds(model, tokenizer):
+    grammar = expression_grammar(tokenizer, fs.SharedPrefixSampler(model))
+    by_kind = {}
+    for text, index in tokenizer.get_vocab().items():
+        by_kind.setdefault(grammar.kinds[index], set()).add(text)
+    assert by_kind[fs.OPERAND] == {f"x{i}" for i in range(10)} | {"1.0"}  # not digits, markers or context words
+    assert by_kind[fs.BINARY] == {"+", "-", "*", "/"} and by_kind[fs.END] == {"<EOS>"}
+    assert by_kind[fs.OPEN] == {"("} and by_kind[fs.CLOSE] == {")"} and "sin" in by_kind[fs.UNARY]
+    assert {"<BOS>", "<PAD>", "gen:", "7", ".", "e"} <= by_kind[fs.OTHER]
+
+
 def test_grammar_mask_rules():
     kinds = torch.tensor([fs.OTHER, fs.OPERAND, fs.BINARY, fs.UNARY, fs.OPEN, fs.CLOSE, fs.END])
     allowed = torch.ones(1, 7, dtype=torch.bool)

@@ -278,6 +278,9 @@ def test_constrained_decoding_makes_an_untrained_model_well_formed(proposer):
     state = fu.PromptState(0, [("x0",)], [0.0], 2, ("+", "*"), (), (1.0, 2.5), context_type="basic")
     texts = set(proposer.tokenizer.convert_ids_to_tokens(list(proposer.allowed_tokens(state))))
     assert texts == {"(", ")", "<EOS>", "+", "*", "x0", "x1", "1.0"}  # 2.5 is no single token: not spelled
+    negative = fu.PromptState(0, [("x0",)], [0.0], 1, ("-",), (), (-1.0,), context_type="basic")
+    texts = set(proposer.tokenizer.convert_ids_to_tokens(list(proposer.allowed_tokens(negative))))
+    assert texts == {"(", ")", "<EOS>", "-", "x0", "1.0"}  # -1.0 is spelled "-" then its magnitude "1.0"
 
 
 def test_a_prompt_too_long_for_the_model_gets_empty_outputs_not_a_crash(proposer):
