@@ -38,14 +38,14 @@ def run_basic(names: list[str], population_size: int, num_generations: int, seed
     return rows
 
 
-def run_neural(names: list[str], population_size: int, num_generations: int, seed: int, checkpoint: str,
-               device: str, constrained: bool) -> tuple[list[dict], float]:
-    """NeuralSR on every problem, batched; rows (seconds = the whole batch's share) and the batch's wall time."""
+def run_neural(names: list[str], population_size: int, num_generations: int, seed: int, proposer,
+               constrained: bool) -> tuple[list[dict], float]:
+    """NeuralSR on every problem, batched over a loaded Proposer; rows and the batch's wall time."""
     from batched_neural_sr import BatchedNeuralSR
 
     chosen = problems.resolve_problems(names)
-    batched = BatchedNeuralSR(checkpoint=checkpoint, batch_size=len(chosen), population_size=population_size,
-                              num_generations=num_generations, device=device, constrained=constrained, **SEARCH)
+    batched = BatchedNeuralSR(checkpoint=proposer, batch_size=len(chosen), population_size=population_size,
+                              num_generations=num_generations, constrained=constrained, **SEARCH)
     start = time.perf_counter()
     fitted = batched.fit_many([problem.sample(seed=seed) for problem in chosen], seeds=[seed] * len(chosen),
                               progress=True)
@@ -102,12 +102,12 @@ def main(argv=None) -> int:
         if unknown or not methods:
             raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
         names = [problem.name for problem in problems.resolve_problems(args.problems)]
-        checkpoint = args.checkpoint
+        checkpoint, proposer = args.checkpoint, None
         if "neural" in methods:
-            from neural_sr import DEFAULT_CHECKPOINT, CheckpointError, Proposer
+            from neural_sr import DEFAULT_CHECKPOINT, Proposer
 
             checkpoint = checkpoint or str(DEFAULT_CHECKPOINT)
-            Proposer.load(checkpoint, device="cpu")  # a missing or broken checkpoint fails here, in one line
+            proposer = Proposer.load(checkpoint, device=args.device)  # a bad checkpoint fails here, in one line
     except (problems.UnknownProblemError, ValueError) as error:  # CheckpointError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         seconds["BasicSR"] = time.perf_counter() - start
     if "neural" in methods:
         results["NeuralSR"], seconds["NeuralSR"] = run_neural(names, args.population_size, args.num_generations,
-                                                              args.seed, checkpoint, args.device, args.constrained)
+                                                              args.seed, proposer, args.constrained)
     print(format_table(results))
     print()
     for name, rows in results.items():
