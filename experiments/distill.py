@@ -44,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,6 @@ class Job:
     argv: list[str]
     outputs: list[Path]
     log: Path
-    env: dict = field(default_factory=dict)
     group: int = 0  # jobs of a stage run group by group; the jobs of one group run at once
 
     def done(self) -> bool:
@@ -171,7 +170,17 @@ class Study:
         return self.workdir / "logs" / f"{stage}-{name}.log"
 
     def script(self, name: str) -> list[str]:
-        return [self.python, str(REPO / name)]
+        return [self.python, name]  # commands run in the repository root
+
+    @staticmethod
+    def arg(path: Path) -> str:
+        """A path for a command line: relative to the repository root (where commands run) when inside it.
+
+        So the commands, and what the scripts record of them (a checkpoint's
+        train_file, a file's command), name no machine-specific folder.
+        """
+        path = Path(path)
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
     # jobs
     def jobs(self, stage: str) -> list[Job]:
@@ -179,35 +188,36 @@ class Study:
 
     def _jobs_expressions(self) -> list[Job]:
         options = {"--seed": self.seed, "--workers": self.workers, **self.config["expressions"]}
-        argv = self.script("generate_expressions.py") + flags(options) + ["--output", str(self.expressions)]
+        argv = self.script("generate_expressions.py") + flags(options) + ["--output", self.arg(self.expressions)]
         return [Job("expressions", "expressions", argv, [self.expressions], self.log("expressions", "all"))]
 
     def _jobs_traces(self) -> list[Job]:
         options = {"--seed": self.seed, "--workers": self.workers, "--quiet": True, **self.config["traces"]}
-        argv = (self.script("generate_traces.py") + ["--expressions_file", str(self.expressions)] + flags(options)
-                + ["--output", str(self.traces)])
+        argv = (self.script("generate_traces.py") + ["--expressions_file", self.arg(self.expressions)]
+                + flags(options) + ["--output", self.arg(self.traces)])
         return [Job("traces", "traces", argv, [self.traces], self.log("traces", "all"))]
 
     def _jobs_check(self) -> list[Job]:
-        argv = [self.python, str(Path(__file__).resolve()), "--check_benchmarks", str(self.expressions),
-                str(self.traces), str(self.check_file)]
+        argv = [self.python, self.arg(Path(__file__).resolve()), "--check_benchmarks", self.arg(self.expressions),
+                self.arg(self.traces), self.arg(self.check_file)]
         return [Job("check", "benchmarks", argv, [self.check_file], self.log("check", "benchmarks"))]
 
     def _jobs_convert(self) -> list[Job]:
         jobs = []
         for name, options in self.config["conversions"].items():
             options = {"--seed": self.seed, "--workers": self.workers, "--quiet": True, "--split": True, **options}
-            argv = (self.script("one_step_conversion.py") + ["--input", str(self.traces)] + flags(options)
-                    + ["--output", str(self.data(name)), "--overwrite"])
+            argv = (self.script("one_step_conversion.py") + ["--input", self.arg(self.traces)] + flags(options)
+                    + ["--output", self.arg(self.data(name)), "--overwrite"])
             jobs.append(Job("convert", name, argv, [self.train_file(name)], self.log("convert", name)))
         return jobs
 
     def _jobs_train(self) -> list[Job]:
         jobs = []
         for name, model in self.config["models"].items():
-            overrides = {"train_file": str(self.train_file(model["conversion"])), "output_dir": str(self.run_dir(name).parent),
+            overrides = {"train_file": self.arg(self.train_file(model["conversion"])),
+                         "output_dir": self.arg(self.run_dir(name).parent),
                          "run_name": name, "seed": self.seed, "disable_tqdm": True, **model.get("overrides", {})}
-            argv = self.script("train.py") + ["--config", str(REPO / model["config"])]
+            argv = self.script("train.py") + ["--config", model["config"]]
             for key, value in overrides.items():
                 argv += ["-o", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
             jobs.append(Job("train", name, argv, [self.checkpoint(name) / "ttsr_train_meta.json"], self.log("train", name)))
@@ -220,10 +230,10 @@ class Study:
             model = options.pop("model", None)
             group = int(options.pop("group", 0))
             options = {"--workers": options.pop("workers", self.workers), **options}
-            argv = self.script("simple_evaluation.py") + flags(options) + ["--output_dir", str(self.evaluation_dir(name)),
+            argv = self.script("simple_evaluation.py") + flags(options) + ["--output_dir", self.arg(self.evaluation_dir(name)),
                                                                           "--quiet"]
             if model is not None:
-                argv += ["--checkpoint", str(self.checkpoint(model))]
+                argv += ["--checkpoint", self.arg(self.checkpoint(model))]
             jobs.append(Job("evaluate", name, argv, [self.evaluation_dir(name) / "evaluation.json"],
                             self.log("evaluate", name), group=group))
         return jobs
@@ -236,15 +246,14 @@ class Study:
 # Running
 
 
-def run_jobs(study: Study, stage: str, jobs: list[Job], parallel: bool, force: bool, journal: list) -> float:
+def run_jobs(study: Study, stage: str, jobs: list[Job], parallel: bool, force: bool, journal: list) -> None:
     """Run a stage's jobs (all at once when `parallel`); a failure raises StudyError naming its log."""
     todo = [job for job in jobs if force or not job.done()]
     for job in jobs:
         if job not in todo:
             print(f"  {job.stage}/{job.name}: outputs exist, skipped (--force reruns)", flush=True)
-    started = time.perf_counter()
     if not todo:
-        return 0.0
+        return
     for job in todo:
         if job.stage == "train" and study.run_dir(job.name).exists():
             shutil.rmtree(study.run_dir(job.name))  # an unfinished run of ours (no final checkpoint)
@@ -259,7 +268,7 @@ def run_jobs(study: Study, stage: str, jobs: list[Job], parallel: bool, force: b
             handle = open(job.log, "w")
             handle.write("$ " + shlex.join(job.argv) + "\n")
             handle.flush()
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", **job.env}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             process = subprocess.Popen(job.argv, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
             running.append((job, process, handle, time.perf_counter()))
         try:
@@ -278,7 +287,6 @@ def run_jobs(study: Study, stage: str, jobs: list[Job], parallel: bool, force: b
                 tail = last_line(job.log)
                 raise StudyError(f"{job.stage}/{job.name} failed (exit {code}): {tail} (log: {job.log})")
             print(f"  {job.stage}/{job.name}: {seconds:.1f} s — {last_line(job.log)}", flush=True)
-    return time.perf_counter() - started
 
 
 def wait_all(running: list, poll_seconds: float = 0.2, report_every: float = 60.0) -> list:
@@ -405,7 +413,7 @@ def median(values: list) -> float | None:
 def build_report(study: Study, journal: list) -> dict:
     """study.json: the config, every command and its time, data sizes, curves and evaluation summaries."""
     workdir = study.workdir
-    report = {"config": study.config, "workdir": str(workdir), "workers": study.workers, "commands": journal}
+    report = {"config": study.config, "workdir": study.arg(workdir), "workers": study.workers, "commands": journal}
     if study.expressions.exists():
         meta = file_io.load(study.expressions, "expressions").metadata
         report["expressions"] = {key: meta.get(key) for key in ("n_records", "rejections", "n_candidates")

@@ -93,3 +93,8 @@ def test_shipped_study_configs_are_valid():
         study = distill.Study(config, workdir="/nonexistent")
         for stage in distill.STAGES:
             study.jobs(stage)  # every job builds
+        # In the repository's own work folder, the commands (and what the scripts record of them) are portable.
+        inside = distill.Study(config)
+        for stage in distill.STAGES:
+            for job in inside.jobs(stage):
+                assert not any(str(REPO) in part for part in job.argv[1:]), (stage, job.argv)
