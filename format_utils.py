@@ -125,6 +125,7 @@ NUMBER_CHARACTERS = "0123456789.e-+"
 LAYOUT_CHARACTERS = "()" + INDIVIDUAL_SEPARATOR + LIST_SEPARATOR + ROW_SEPARATOR + PLOT_FILLED + PLOT_EMPTY
 
 SIGNIFICANT_DIGITS = 3
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 NOISE_LEVEL = 1e-9  # statistics below this fraction of y's scale are written 0
 
 
@@ -182,6 +183,8 @@ def format_number(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
 @lru_cache(maxsize=1 << 16)
 def format_fitness(value: float) -> str:
     """A fitness as model text: float32-rounded, 3 significant digits; `<INVALID>` when not finite."""
+    if -FLOAT32_MAX <= value <= FLOAT32_MAX:  # no overflow possible: no errstate (a few us per call)
+        return format_number(float(np.float32(value)))
     with np.errstate(over="ignore"):  # beyond float32 is -inf, as a stored trace has it
         return format_number(float(np.float32(value)))
 

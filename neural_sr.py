@@ -573,7 +573,9 @@ class NeuralSR(BasicSR):
         for tree in proposals:
             if tree in usable:
                 children.append(tree)
-                parents.append((self._source_slot(tree, population, fitnesses, elite),))
+                # The parent only matters to a recorded trajectory (its ancestry); it costs a subtree index.
+                parents.append((self._source_slot(tree, population, fitnesses, elite),) if self.collect_trajectory
+                               else ())
                 origins.append("neural")
                 continue
             if select is None:  # only when needed: the selector draws tie-breaks from the stream
@@ -604,19 +606,27 @@ class NeuralSR(BasicSR):
         return {tree for tree, ok in zip(candidates, finite.tolist()) if ok}
 
     def _source_slot(self, tree: tuple, population, fitnesses, elite: int) -> int:
-        """The slot a neural child most plausibly came from: the best holder of its largest subtree in the population."""
+        """The slot a neural child most plausibly came from: the best holder of its largest subtree in the population.
+
+        Among subtrees of equal size the child's rightmost counts first; among
+        holders of one subtree, the fittest (then the lower slot).
+        """
         owners = self._owners
-        if self._owners_of is not population:  # built once per generation
-            owners.clear()
+        if self._owners_of is not population:  # built once per generation, only when a neural child needs it
+            order = np.argsort(-np.asarray(fitnesses, dtype=np.float64), kind="stable").tolist()
+            # The fittest holder of each subtree is written last, so it wins.
+            self._owners = owners = {subtree: slot for slot in reversed(order) for subtree in _subtrees(population[slot])}
             self._owners_of = population
-            for slot in sorted(range(len(population)), key=lambda i: -fitnesses[i]):  # stable: lower slot on ties
-                for subtree in _subtrees(population[slot]):
-                    owners.setdefault(subtree, slot)
+        slot = owners.get(tree)  # a copy: the whole tree is the largest subtree
+        if slot is not None:
+            return slot
+        best, size = elite, 0
         for subtree in _subtrees(tree):
-            slot = owners.get(subtree)
-            if slot is not None:
-                return slot
-        return elite
+            if len(subtree) > size:
+                holder = owners.get(subtree)
+                if holder is not None:
+                    best, size = holder, len(subtree)
+        return best
 
     # ------------------------------------------------------------------
     # After fitting
@@ -647,15 +657,20 @@ NeuralSR.__init__.__signature__ = _merged_signature(BasicSR.__init__, NeuralSR._
 
 @functools.lru_cache(maxsize=MAX_OWNER_CACHE)
 def _subtrees(tree: tuple) -> tuple[tuple, ...]:
-    """Every subtree of a prefix tree, largest first (one right-to-left pass)."""
+    """Every subtree of a prefix tree, the rightmost first (one right-to-left pass; the whole tree last)."""
     arity = ex.ARITY
     ends: list[int] = []
     spans = []
     for start in range(len(tree) - 1, -1, -1):
-        count = arity.get(tree[start], 0) if tree[start].__class__ is str else 0
-        end = start + 1
-        for _ in range(count):
+        token = tree[start]
+        count = arity.get(token, 0) if token.__class__ is str else 0
+        if count == 0:
+            ends.append(start + 1)
+            spans.append((token,))
+            continue
+        end = ends.pop()
+        if count == 2:
             end = ends.pop()
         ends.append(end)
         spans.append(tree[start:end])
-    return tuple(sorted(spans, key=len, reverse=True))
+    return tuple(spans)

@@ -172,6 +172,11 @@ class OutputParser:
         # A model may have more output rows than the tokenizer has tokens: those ids read as <UNK>.
         self._tokens = tokens + [fu.UNK] * max(0, (vocab_size or 0) - len(tokens))
         self._eos = tokenizer.eos_token_id
+        vocab = tokenizer.get_vocab()
+        # "(" and ")" are tokens of their own (no longer token contains them, see the module docstring), so an
+        # output whose counts of the two differ cannot parse: most of an undertrained model's bad outputs are
+        # rejected by two counts instead of a decode and a failing parse.
+        self._parentheses = (vocab["("], vocab[")"]) if "(" in vocab and ")" in vocab else None
         self._children = _Memo(max_entries)
         self._populations = _Memo(max_entries)
 
@@ -184,8 +189,13 @@ class OutputParser:
         """A one-step output `{expr}<EOS>` as a prefix tuple; None when malformed or unfinished (no <EOS>)."""
         if ids in self._children:
             return self._children[ids]
-        tree = fu.parse_generated(self.text(ids)) if self._eos in ids else None
-        return self._children.put(ids, tree)
+        if self._eos not in ids:
+            return self._children.put(ids, None)
+        if self._parentheses is not None:
+            body = ids[:ids.index(self._eos)]
+            if body.count(self._parentheses[0]) != body.count(self._parentheses[1]):
+                return self._children.put(ids, None)
+        return self._children.put(ids, fu.parse_generated(self.text(ids)))
 
     def population(self, ids: tuple) -> list[tuple | None]:
         """An autoregressive output as one entry per `;`-separated individual (None = malformed).

@@ -173,6 +173,48 @@ def test_output_parser_reads_ids_and_remembers(tokenizer):
     assert parser.child(ids("x0<EOS>")) is parser.child(ids("x0<EOS>"))
 
 
+def test_output_parser_rejects_what_the_parser_rejects_and_nothing_more(tokenizer):
+    """The parenthesis count that skips the parse of unbalanced outputs agrees with parsing, on random token soup."""
+    parser = OutputParser(tokenizer)
+    vocab = tokenizer.get_vocab()
+    pieces = [vocab[t] for t in ("(", ")", "x0", "+", "*", "sin", "1.0", "-", "2", ".")]
+    rng = np.random.default_rng(0)
+    eos, outcomes = tokenizer.eos_token_id, set()
+    for _ in range(3000):
+        ids = tuple(int(i) for i in rng.choice(pieces, size=int(rng.integers(1, 12)))) + (eos,)
+        if rng.random() < 0.2:
+            ids += (vocab[")"], eos)  # tokens after the first <EOS> do not count
+        expected = fu.parse_generated(parser.text(ids))
+        assert parser.child(ids) == expected
+        outcomes.add(expected is None)
+    assert outcomes == {True, False}  # both kinds met
+
+
+def test_a_neural_child_descends_from_the_fittest_holder_of_its_largest_shared_subtree():
+    model = NeuralSR(collect_trajectory=True)
+    model._owners, model._owners_of = {}, None
+    a, b = ("*", "x0", "x1"), ("+", "x0", 1.0)
+    population = [("x0",), ("-", a, "x2"), ("sin", a), ("+", a, b), ("exp", b)]
+    population = [tuple(t for part in tree for t in (part if isinstance(part, tuple) else (part,)))
+                  for tree in population]
+    fitnesses = np.array([-1.0, -5.0, -3.0, -9.0, -2.0])
+    source = lambda tree: model._source_slot(tree, population, fitnesses, elite=0)
+    assert source(population[3]) == 3  # a copy comes from its source
+    assert source(("/", *a, "x2")) == 2  # `a` is held by slots 1, 2, 3: the fittest is 2
+    assert source(("/", *a, *b)) == 4  # `a` and `b` have the same size: the rightmost, `b` (slots 3, 4), counts
+    assert source(("/", *b, *a)) == 2  # and here the rightmost is `a`
+    assert source(("/", *("+", *a, *b), "x2")) == 3  # the largest shared subtree wins over fitter holders of parts
+    assert source(("/", "x5", "x6")) == 0  # nothing shared: the elite
+
+
+def test_without_a_trajectory_no_parent_is_traced(proposer, monkeypatch):
+    monkeypatch.setattr(NeuralSR, "_source_slot", lambda *args: pytest.fail("parents computed for no trajectory"))
+    X, y = quadratic()
+    scripted = ScriptedProposer(proposer, ["((x0*x0)+1.0)<EOS>"])
+    model = NeuralSR(checkpoint=scripted, seed=1, early_stop_threshold=None, **SMALL).fit(X, y)
+    assert model.n_neural_ > 0
+
+
 # --------------------------------------------------------------------------
 # Proposer and checkpoints
 
