@@ -20,6 +20,12 @@ greedy decoding; when sampling, up to floating-point differences between
 batch shapes, which can flip a draw that falls on a boundary).
 `time_limit` counts from the start of the batch, others' model time included.
 
+The two halves of a generation overlap on CUDA: the searches run in two
+groups (`overlap`), and while the device samples one group's children
+(fast_sampler's launch queues the whole call without waiting), the host
+parses, repairs and scores the other group's, then queues that group's next
+call. A step then costs about the larger of the two halves, not their sum.
+
 CLI: the benchmark problems, each run with several seeds:
 
     python batched_neural_sr.py --checkpoint checkpoints/onestep-tiny/final --problems harder --seeds 3
@@ -32,6 +38,7 @@ import json
 import sys
 import time
 import zlib
+from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -48,15 +55,24 @@ DEFAULT_BATCH_SIZE = 256
 class BatchedNeuralSR:
     """Fits many NeuralSR searches in lockstep over one shared Proposer (see the module docstring)."""
 
-    def __init__(self, checkpoint=DEFAULT_CHECKPOINT, batch_size: int = DEFAULT_BATCH_SIZE, **params):
-        """`params`: every NeuralSR parameter except `seed` (one seed per dataset goes to `fit_many`)."""
+    def __init__(self, checkpoint=DEFAULT_CHECKPOINT, batch_size: int = DEFAULT_BATCH_SIZE, overlap: int | None = None,
+                 **params):
+        """`params`: every NeuralSR parameter except `seed` (one seed per dataset goes to `fit_many`).
+
+        batch_size  problems per model call
+        overlap     groups of searches in flight (see `_lockstep`); None: 2 on CUDA, 1 on the CPU
+        """
         if "seed" in params:
             raise TypeError("BatchedNeuralSR takes no seed: give fit_many one seed per dataset")
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if overlap is not None and (not isinstance(overlap, (int, np.integer)) or isinstance(overlap, bool)
+                                    or overlap < 1):
+            raise ValueError(f"overlap must be None or an integer >= 1, got {overlap!r}")
         NeuralSR(checkpoint=checkpoint, **params)  # bad parameters fail here, before any model is loaded
         self.checkpoint = checkpoint
         self.batch_size = int(batch_size)
+        self.overlap = None if overlap is None else int(overlap)
         self.params = params
         self._proposer = checkpoint if isinstance(checkpoint, Proposer) else None
 
@@ -92,7 +108,15 @@ class BatchedNeuralSR:
             return self._lockstep(estimators, datasets, bar)
 
     def _lockstep(self, estimators, datasets, bar: Progress) -> list[NeuralSR]:
-        """Begin every search, then step the unfinished ones together until none is left."""
+        """Begin every search, then step the unfinished ones, a group at a time, until none is left.
+
+        The searches are split into `overlap` groups whose model calls are in
+        flight one after the other: while the device samples one group's
+        children, the host finishes the other group's generation (parsing,
+        fallback children, fitness) and queues its next call. A group whose
+        partner has finished is split again, so `overlap` groups stay in
+        flight while enough searches are left.
+        """
         active = []
         for index, (estimator, (X, y)) in enumerate(zip(estimators, datasets)):
             try:
@@ -103,30 +127,69 @@ class BatchedNeuralSR:
                 active.append(estimator)
             else:
                 bar.update(int(estimator.num_generations))
-        while active:
-            outputs = self._sample([estimator.next_request() for estimator in active])
+        in_flight: deque = deque()  # (group, pending outputs), in launch order
+        for group in _split(active, self.overlap_groups):
+            in_flight.append((group, self._launch([estimator.next_request() for estimator in group])))
+        while in_flight:
+            group, pending = in_flight.popleft()
             still = []
-            for estimator, output in zip(active, outputs):
+            for estimator, output in zip(group, pending.result()):
                 if estimator.step_with(*output):
                     still.append(estimator)
                     bar.update(1)
                 else:  # stopped: its remaining generations are done too, as far as the ETA goes
                     bar.update(int(estimator.num_generations) - (len(estimator.best_mse_history_) - 2))
-            active = still
+            for part in _split(still, self.overlap_groups - len(in_flight)):
+                in_flight.append((part, self._launch([estimator.next_request() for estimator in part])))
         return list(estimators)
 
-    def _sample(self, requests: list) -> list[tuple]:
-        """(outputs, model seconds) per request, or (None, 0.0) where there was no request (a restart)."""
-        results: list[tuple] = [(None, 0.0)] * len(requests)
+    @property
+    def overlap_groups(self) -> int:
+        """Groups in flight: `overlap`, or when None 2 on CUDA (the host works while the device samples), else 1."""
+        if self.overlap is not None:
+            return self.overlap
+        return 2 if self.proposer.device.type == "cuda" else 1
+
+    def _launch(self, requests: list) -> "_PendingBatch":
+        """Start the model calls (at most batch_size problems each) for the requests; None marks a restart."""
         asking = [index for index, request in enumerate(requests) if request is not None]
+        early_stop = self.overlap_groups == 1  # waiting for the device is free when nothing else would run
+        calls = []
         for start in range(0, len(asking), self.batch_size):
             chunk = asking[start:start + self.batch_size]
             started = time.perf_counter()
-            outputs = self.proposer.propose_ids([requests[index] for index in chunk])
-            share = (time.perf_counter() - started) / len(chunk)  # the call's time, split among its problems
+            pending = self.proposer.launch([requests[index] for index in chunk], early_stop=early_stop)
+            calls.append((chunk, pending, time.perf_counter() - started))
+        return _PendingBatch(len(requests), calls)
+
+
+class _PendingBatch:
+    """The model calls of one group of searches; `result()` gives (outputs, model seconds) per search."""
+
+    def __init__(self, size: int, calls: list):
+        self.size, self.calls = size, calls
+
+    def result(self) -> list[tuple]:
+        results: list[tuple] = [(None, 0.0)] * self.size  # (None, 0.0): no request (a restart generation)
+        for chunk, pending, launch_seconds in self.calls:
+            started = time.perf_counter()
+            outputs = pending.result()
+            share = (launch_seconds + time.perf_counter() - started) / len(chunk)  # the call's time, split
             for index, output in zip(chunk, outputs):
                 results[index] = (output, share)
         return results
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """`items` in at most `parts` (>= 1) contiguous groups of near-equal size, none empty."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    groups, start = [], 0
+    for part in range(parts):
+        end = start + size + (part < extra)
+        groups.append(items[start:end])
+        start = end
+    return [group for group in groups if group]
 
 
 # --------------------------------------------------------------------------
@@ -145,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="master seed; run s of a problem searches with derive_seed(seed, problem, s)")
     add("--n_points", type=int, default=None, help="points sampled per problem (default: the problem's 50)")
     add("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="problems per model call")
+    add("--overlap", type=int, default=None,
+        help="groups of searches in flight, so the host works while the device samples (default: 2 on CUDA, 1 on CPU)")
     add("--population_size", type=int, default=20, help="individuals per generation")
     add("--num_generations", type=int, default=100, help="generations per run")
     add("--max_size", type=int, default=25, help="maximum expression size (nodes)")
@@ -167,7 +232,8 @@ def run_problems(args) -> list[dict]:
     chosen = problems.resolve_problems(args.problems)
     runs = [(problem, s) for problem in chosen for s in range(args.seeds)]
     batched = BatchedNeuralSR(
-        checkpoint=args.checkpoint, batch_size=args.batch_size, population_size=args.population_size,
+        checkpoint=args.checkpoint, batch_size=args.batch_size, overlap=args.overlap,
+        population_size=args.population_size,
         num_generations=args.num_generations, max_size=args.max_size, max_depth=args.max_depth, mode=args.mode,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, device=args.device,
         constrained=args.constrained)

@@ -13,12 +13,19 @@ copies every prompt S times and prefills all copies; this module does not:
    prompt keys/values *shared* across the S samples (the S queries are the
    rows of one matrix product against the problem's prompt keys: no copy of
    the prompt cache) and to a small preallocated per-sample cache of their own
-   generated tokens (B, heads, S, T, hd); both products are written into one
-   (B, heads, S, Lp + T) score buffer (concatenated, not the values) and
-   normalised in ONE softmax, as attention over [prompt, generated] would be.
+   generated tokens (B, heads, S, T, hd). Two ways (`attention=`):
+   "scores": both products are written into one (B, heads, S, Lp + T) score
+   buffer (concatenated, not the values) and normalised in ONE softmax, as
+   attention over [prompt, generated] would be; "fused": the prompt part runs
+   in a fused attention kernel (flash attention on CUDA; the scores never
+   reach memory), the own-token part is a small softmax, and the two are
+   merged exactly by their log-sum-exps (see `_forward_step_fused`).
 3. A sequence that produced EOS keeps being computed (static shapes) but its
-   later tokens are replaced by padding and never returned; the loop stops as
-   soon as every sequence is done (checked every `check_every` steps).
+   later tokens are replaced by padding and never returned; a waiting call
+   (`sample`) stops as soon as every sequence is done (checked every
+   `check_every` steps). `launch` queues a whole call on CUDA without waiting
+   for the device (no early stop) and returns a PendingSample, so the host
+   can work while the device samples (batched_neural_sr overlaps the two).
 
 The decoder is plain PyTorch reading the checkpoint's GPT-Neo weights, and
 reproduces Hugging Face's GPT-Neo exactly (tests compare the logits):
@@ -27,7 +34,9 @@ reproduces Hugging Face's GPT-Neo exactly (tests compare the logits):
 - query and key are cast to float32 for the scores and the softmax, the
   probabilities cast back to the value dtype (HF's eager GPT-Neo attention);
   the prefill uses SDPA (scale=1) in the model dtype, whose half-precision
-  kernels also accumulate q.k and the softmax in float32;
+  kernels also accumulate q.k and the softmax in float32, and so does the
+  fused kernel of attention "fused" (q and k come out of the model-dtype
+  projection, so their products are exact in float32 either way);
 - local layers see key j from query i iff i - window_size < j <= i, i and j
   being indices in the padded sequence (HF slices its `bias` buffer by cache
   index). With left padding, real tokens are contiguous, so this is the
@@ -59,6 +68,10 @@ Compile modes (`compile=`), on CUDA only (no-ops on CPU):
   first compilation takes tens of seconds; a second shape triggers one
   shape-generic recompilation. Falls back to "cuda_graphs" with a warning if
   compilation fails (`active_mode` says what runs).
+In the graph modes a call's problems are also padded up to a bucket
+(`batch_rows`: powers of two up to 32, then multiples of 32) with copies of
+its first prompt, so a batch that shrinks as searches finish reuses its
+captured graphs.
 
 API:
 
@@ -66,6 +79,9 @@ API:
     children = sampler.sample(prompt_ids, n_samples=19, max_new_tokens=40, eos_id=tok.eos_token_id,
                               pad_id=tok.pad_token_id, seed=0)
     # children[b][s] = generated ids of sample s of problem b, up to and including <EOS>
+    pending = sampler.launch(prompt_ids, n_samples=19, max_new_tokens=40, eos_id=..., seed=1)
+    ...  # host work while the device samples
+    tokens, lengths = pending.result()
 
 `hf_generate_reference` runs HF `generate(num_return_sequences=...)` on the
 same prompts and returns the same nested lists (benchmark baseline).
@@ -87,6 +103,10 @@ DEFAULT_LENGTH_BUCKET = 32  # prompt lengths rounded up to this in graph modes
 PREFILL_SCORE_BUDGET = 1 << 27  # rows * L * L of the prefill mask per chunk (bounds memory)
 MAX_RUNNERS = 6  # cached static-shape runners (graphs) kept, least recently used dropped
 REUSE_SLACK = 1.25  # a prompt runs in a cached runner up to 25% longer than it needs (graph modes)
+ATTENTION_MODES = ("scores", "fused")
+DEFAULT_ATTENTION = "scores"  # "fused" waits for its H100 measurement (docs/LOG.md)
+HIDDEN_BIAS = -30000.0  # "fused": a hidden prompt key's score offset (exp underflows to 0; finite in bfloat16)
+BATCH_BUCKET = 32  # graph modes: a call's problems padded to a power of two up to this, then to a multiple of it
 
 
 # --------------------------------------------------------------------------
@@ -188,6 +208,24 @@ def truncate_at_eos(rows: Sequence[Sequence[int]], eos_id: int | None) -> list[l
             row = row[: row.index(eos_id) + 1]
         out.append(row)
     return out
+
+
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T) v (no scaling, GPT-Neo) and the rows' log-sum-exp of q k^T, by a fused kernel.
+
+    q (B, H, S, d), k and v (B, H, L, d). Flash attention for half precision
+    on CUDA, memory-efficient attention for float32 on CUDA, the CPU's flash
+    kernel on the CPU. Returns (out (B, H, S, d), lse (B, H, S') float32, S' >= S).
+    """
+    if q.device.type == "cuda":
+        if q.dtype in (torch.float16, torch.bfloat16):
+            result = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=1.0)
+        else:
+            result = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
+                                                                            scale=1.0)
+        return result[0], result[1]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=1.0)
+    return out, lse
 
 
 # --------------------------------------------------------------------------
@@ -319,8 +357,8 @@ class _Runner:
         f32 = torch.float32
         self.config = config
         self.state = DecodeState(
-            keys=[torch.zeros(B, H, L, hd, device=device, dtype=f32) for _ in s.layers],
-            values=[torch.zeros(B, H, L, hd, device=device, dtype=s.dtype) for _ in s.layers],
+            keys=[torch.zeros(B, H, L, s.key_dim, device=device, dtype=s.key_dtype) for _ in s.layers],
+            values=[torch.zeros(B, H, L, s.key_dim, device=device, dtype=s.dtype) for _ in s.layers],
             gen_keys=[torch.zeros(B, H, S, T, hd, device=device, dtype=f32) for _ in s.layers],
             gen_values=[torch.zeros(B, H, S, T, hd, device=device, dtype=s.dtype) for _ in s.layers],
             key_valid=torch.zeros(B, L, device=device, dtype=torch.bool),
@@ -369,6 +407,31 @@ class _Runner:
             sampler._step_fn(self.state, self.config)
 
 
+class PendingSample:
+    """A sampler call in flight (SharedPrefixSampler.launch): `result()` gives its tokens and lengths on the CPU."""
+
+    def __init__(self, tokens: torch.Tensor, eos_id: int | None, event=None):
+        self._tokens = tokens  # (B, S, T') on the host; on CUDA filled once `event` has fired
+        self._eos_id = eos_id
+        self._event = event
+
+    def ready(self) -> bool:
+        """True when `result()` will not wait."""
+        return self._event is None or self._event.query()
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, S, T') and lengths (B, S): tokens[b, s, :lengths[b, s]] are sample s of problem b."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        tokens = self._tokens
+        B, S, done = tokens.shape
+        if self._eos_id is None:
+            return tokens, torch.full((B, S), done, dtype=torch.long)
+        is_eos = tokens == self._eos_id
+        return tokens, torch.where(is_eos.any(dim=-1), is_eos.long().argmax(dim=-1) + 1, done)
+
+
 # --------------------------------------------------------------------------
 # The sampler
 
@@ -377,7 +440,7 @@ class SharedPrefixSampler:
     """GPT-Neo sampler sharing each prompt's KV cache across its samples; see the module docstring."""
 
     def __init__(self, model, device=None, dtype=None, compile=False, length_bucket: int | None = None,
-                 check_every: int = 4):
+                 check_every: int = 4, pad_batches: bool | None = None, attention: str = DEFAULT_ATTENTION):
         decoder, embedder = _split_model(model)
         config = decoder.config
         if getattr(config, "model_type", "gpt_neo") != "gpt_neo":
@@ -408,13 +471,13 @@ class SharedPrefixSampler:
         self.ln_f = (take(body.ln_f.weight), take(body.ln_f.bias))
         self.layers = []
         for index, block in enumerate(body.h):
-            attention = block.attn.attention
+            attn = block.attn.attention
             self.layers.append(dict(
                 local=config.attention_layers[index] == "local",
                 ln1=(take(block.ln_1.weight), take(block.ln_1.bias)),
-                qkv=torch.cat([take(attention.q_proj.weight), take(attention.k_proj.weight),
-                               take(attention.v_proj.weight)], dim=0),
-                out=(take(attention.out_proj.weight), take(attention.out_proj.bias)),
+                qkv=torch.cat([take(attn.q_proj.weight), take(attn.k_proj.weight),
+                               take(attn.v_proj.weight)], dim=0),
+                out=(take(attn.out_proj.weight), take(attn.out_proj.bias)),
                 ln2=(take(block.ln_2.weight), take(block.ln_2.bias)),
                 fc=(take(block.mlp.c_fc.weight), take(block.mlp.c_fc.bias)),
                 proj=(take(block.mlp.c_proj.weight), take(block.mlp.c_proj.bias)),
@@ -423,11 +486,20 @@ class SharedPrefixSampler:
             if getattr(body.h[0].attn.attention, name).bias is not None:
                 raise ValueError(f"GPT-Neo's {name} has no bias; this checkpoint has one")
         self.any_local = any(layer["local"] for layer in self.layers)
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        self.attention = attention
+        self.fused = attention == "fused"
+        # Prompt keys: float32 (HF's upcast of q and k) for "scores"; for "fused", in the model dtype with one
+        # bias slot appended and zero padding to a multiple of 8 (what the fused kernels want).
+        self.key_dim = -(-(self.head_dim + 1) // 8) * 8 if self.fused else self.head_dim
+        self.key_dtype = self.dtype if self.fused else torch.float32
 
         self.requested_mode = _normalize_mode(compile)
         self.use_graphs = self.requested_mode != "eager" and self.device.type == "cuda"
         self.active_mode = self.requested_mode if self.use_graphs else "eager"
         self.length_bucket = int(length_bucket) if length_bucket else (DEFAULT_LENGTH_BUCKET if self.use_graphs else 1)
+        self.pad_batches = self.use_graphs if pad_batches is None else bool(pad_batches)  # see batch_rows
         self._graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._runners: OrderedDict = OrderedDict()
         self._step_fn = self._advance
@@ -457,9 +529,9 @@ class SharedPrefixSampler:
 
     def _prefill_inputs(self, input_ids, attention_mask, prefix_embeds=None, prefix_mask=None, length=None):
         """(embeds, valid, positions) of [prefix][left-padded tokens], left-padded to `length` (default: bucketed)."""
-        input_ids = input_ids.to(self.device)
+        input_ids = self._host_to_device(input_ids)
         mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                else attention_mask.to(self.device).bool())
+                else self._host_to_device(attention_mask).bool())
         batch = input_ids.shape[0]
         embeds = F.embedding(input_ids, self.wte)
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -501,13 +573,16 @@ class SharedPrefixSampler:
         if out is not None:
             keys, values = out.keys, out.values
         else:
-            keys = [torch.empty(batch, H, length, hd, device=self.device, dtype=torch.float32) for _ in self.layers]
-            values = [torch.empty(batch, H, length, hd, device=self.device, dtype=self.dtype) for _ in self.layers]
+            keys = [torch.zeros(batch, H, length, self.key_dim, device=self.device, dtype=self.key_dtype)
+                    for _ in self.layers]
+            values = [torch.zeros(batch, H, length, self.key_dim, device=self.device, dtype=self.dtype)
+                      for _ in self.layers]
         index = torch.arange(length, device=self.device)
         causal = index[None, :] <= index[:, None]  # [query, key]
         local = causal & (index[None, :] > index[:, None] - self.window)
         diagonal = torch.eye(length, dtype=torch.bool, device=self.device)
         x_all = embeds + F.embedding(positions, self.wpe)
+        key_bias = self._key_bias(valid) if self.fused else None
         chunk = max(1, PREFILL_SCORE_BUDGET // (length * length))
         token_count = input_ids.shape[1]
         logits = []
@@ -524,8 +599,13 @@ class SharedPrefixSampler:
                 # No 1/sqrt(hd) scaling (GPT-Neo). Half-precision q/k/v go to SDPA as they are: its kernels
                 # take q.k in float32 accumulators and softmax in float32, as HF's float32 upcast does.
                 attended = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[layer["local"]], scale=1.0)
-                k_out[rows] = k
-                v_out[rows] = v
+                if self.fused:  # [k, bias, 0..]: the bias slot hides pads from the fused kernel (see _fused_attention)
+                    k_out[rows, :, :, :hd] = k
+                    k_out[rows, :, :, hd] = key_bias[rows][:, None, :]
+                    v_out[rows, :, :, :hd] = v
+                else:
+                    k_out[rows] = k
+                    v_out[rows] = v
                 attended = attended.to(self.dtype).transpose(1, 2).reshape(n, length, self.hidden)
                 x = x + F.linear(attended, *layer["out"])
                 x = x + self._mlp(layer, x)
@@ -553,6 +633,8 @@ class SharedPrefixSampler:
         if self.any_local:
             in_window = st.seq_index > (L + t) - self.window  # the query's sequence index is L + t
             hidden[True] = ~(visible & in_window)[:, None, None, :]
+        if self.fused:
+            return self._forward_step_fused(st, x)
         lowest = torch.finfo(torch.float32).min
         for layer, k_p, v_p, k_g, v_g in zip(self.layers, st.keys, st.values, st.gen_keys, st.gen_values):
             h = self._layer_norm(x, layer["ln1"])
@@ -576,6 +658,54 @@ class SharedPrefixSampler:
             probs = scores.softmax(dim=-1).to(self.dtype)  # ONE softmax over prompt and own tokens
             attended = torch.matmul(probs[..., :L], v_p) + torch.matmul(probs[..., L:].unsqueeze(3), v_g).squeeze(3)
             attended = attended.transpose(1, 2).reshape(B, S, D)
+            x = x + F.linear(attended, *layer["out"])
+            x = x + self._mlp(layer, x)
+        return self._logits(x)
+
+    def _key_bias(self, visible: torch.Tensor) -> torch.Tensor:
+        """(B, L) bias-slot values in the key dtype: 0 where a prompt key is visible, HIDDEN_BIAS where not."""
+        return torch.where(visible, 0.0, HIDDEN_BIAS).to(self.key_dtype)
+
+    def _forward_step_fused(self, st: DecodeState, x: torch.Tensor) -> torch.Tensor:
+        """`_forward_step` with attention "fused": the prompt part in one fused kernel, merged by log-sum-exp.
+
+        The S queries of a problem attend to its prompt keys in a fused
+        attention kernel (flash attention on CUDA in half precision): the
+        (B, H, S, L) scores never reach memory. Pads and keys outside a local
+        layer's window are hidden by the keys' bias slot (a query's slot
+        holds 1, so q.k gains the key's bias: 0 or HIDDEN_BIAS), since the
+        flash kernel takes no mask. The samples' own T keys are a small
+        separate softmax; the two parts are merged exactly by their
+        log-sum-exps, as one softmax over [prompt, generated] would weigh them.
+        """
+        t = st.step
+        B, S = st.tokens.shape
+        L = st.key_valid.shape[1]
+        H, hd, D = self.n_heads, self.head_dim, self.hidden
+        own = st.gen_index <= t  # (T,) own tokens fed so far, this one included
+        own_hidden = {False: ~own}
+        if self.any_local:
+            window_start = (L + t) - self.window  # the query's sequence index is L + t
+            local_bias = self._key_bias(st.key_valid & (st.seq_index[:L] > window_start))[:, None, :]  # (B, 1, L)
+            own_hidden[True] = ~(own & (st.seq_index[L:] > window_start))
+        slot = torch.zeros(B, H, S, self.key_dim - hd, device=x.device, dtype=self.dtype)
+        slot[..., 0] = 1.0
+        for layer, k_p, v_p, k_g, v_g in zip(self.layers, st.keys, st.values, st.gen_keys, st.gen_values):
+            h = self._layer_norm(x, layer["ln1"])
+            q, k, v = F.linear(h, layer["qkv"]).view(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)  # each (B, H, S, hd)
+            k_g.index_copy_(3, t, k.float().unsqueeze(3))
+            v_g.index_copy_(3, t, v.unsqueeze(3))
+            if layer["local"]:
+                k_p[:, :, :, hd].copy_(local_bias.expand(B, H, L))
+            prompt_out, prompt_lse = _fused_attention(torch.cat([q, slot], dim=-1), k_p, v_p)
+            own_scores = torch.matmul(q.float().unsqueeze(3), k_g.transpose(-1, -2)).squeeze(3)  # (B, H, S, T)
+            own_scores = own_scores.masked_fill(own_hidden[layer["local"]], -math.inf)
+            own_lse = torch.logsumexp(own_scores, dim=-1)  # finite: a query always sees its own token
+            own_probs = torch.exp(own_scores - own_lse.unsqueeze(-1)).to(self.dtype)
+            own_out = torch.matmul(own_probs.unsqueeze(3), v_g).squeeze(3)  # (B, H, S, hd)
+            prompt_share = torch.sigmoid(prompt_lse[..., :S] - own_lse).unsqueeze(-1)  # the prompt's softmax mass
+            attended = prompt_out[..., :hd].float() * prompt_share + own_out.float() * (1.0 - prompt_share)
+            attended = attended.to(self.dtype).transpose(1, 2).reshape(B, S, D)
             x = x + F.linear(attended, *layer["out"])
             x = x + self._mlp(layer, x)
         return self._logits(x)
@@ -656,16 +786,47 @@ class SharedPrefixSampler:
                 generator.manual_seed(int(seed))
         return torch.rand(shape, generator=generator, device=generator.device)
 
-    @torch.no_grad()
-    def sample_tensor(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
-                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
-                      pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
-                      prefix_embeds=None, prefix_mask=None, points=None, point_mask=None, uniforms=None,
-                      grammar: Grammar | None = None, allowed=None, max_nodes=None):
-        """Like `sample`, as tensors on the CPU: tokens (B, S, T') and lengths (B, S) (T' <= max_new_tokens).
+    def _host_to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the sampler's device; to CUDA through pinned memory, so the copy does not block the host."""
+        if tensor.device == self.device:
+            return tensor
+        if self.device.type == "cuda" and tensor.device.type == "cpu":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
-        tokens[b, s, :lengths[b, s]] are the generated ids (the last one EOS
-        when the sequence finished); later entries are padding.
+    def batch_rows(self, B: int) -> int:
+        """Rows a call of B problems runs with: B, or in graph modes the next bucket (1, 2, 4, .., 32, 64, 96, ..).
+
+        A captured graph has a fixed batch; as searches finish, B shrinks
+        nearly every generation, so unbucketed it would mean a capture per
+        generation. The padding rows repeat the first problem; their outputs
+        are dropped.
+        """
+        if not self.pad_batches or B <= 1:
+            return B
+        if B <= BATCH_BUCKET:
+            return 1 << (B - 1).bit_length()
+        return -(-B // BATCH_BUCKET) * BATCH_BUCKET
+
+    @torch.no_grad()
+    def launch(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+               pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
+               prefix_embeds=None, prefix_mask=None, points=None, point_mask=None, uniforms=None,
+               grammar: Grammar | None = None, allowed=None, max_nodes=None,
+               early_stop: bool | None = None) -> "PendingSample":
+        """Start a `sample_tensor` call and return at once: its PendingSample's `result()` waits for the tokens.
+
+        On CUDA the prefill, every decode step and the copy of the tokens to
+        pinned host memory are queued on the device without a synchronisation,
+        so the host can work meanwhile, e.g. on the previous call's outputs;
+        calls are queued in order on one stream, so several may be in flight.
+        That means no early stop (`early_stop` None or False): all
+        max_new_tokens steps run, as they do anyway when one of many sequences
+        runs long. `early_stop=True` (what `sample_tensor` does) checks every
+        `check_every` steps whether every sequence is done, which waits for
+        the device. On the CPU the call runs here, stopping early unless
+        `early_stop=False`. Results do not depend on it.
         """
         if n_samples < 1 or max_new_tokens < 1:
             raise ValueError("n_samples and max_new_tokens must be >= 1")
@@ -682,36 +843,50 @@ class SharedPrefixSampler:
                                 None if eos_id is None else int(eos_id), pad,
                                 None if grammar is None else tuple(grammar.kinds))
         prefix_embeds, prefix_mask = self._prefix(prefix_embeds, prefix_mask, points, point_mask)
-        ids, mask = left_pad(prompt_ids, pad)
         n_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
         longest = n_prefix + max(len(p) for p in prompt_ids)
         if longest + max_new_tokens - 1 > self.max_positions:
             raise ValueError(f"prompt of {longest} positions + {max_new_tokens} new tokens exceeds "
                              f"max_position_embeddings={self.max_positions}")
-        B, S, T = ids.shape[0], int(n_samples), int(max_new_tokens)
-        L = self._runner_length(B, S, T, config, ids.shape[1] + n_prefix)
+        B, S, T = len(prompt_ids), int(n_samples), int(max_new_tokens)
         if uniforms is None:
             uniforms = self._uniforms((T, B, S), seed, generator)
         elif tuple(uniforms.shape) != (T, B, S):
             raise ValueError(f"uniforms must have shape (max_new_tokens, B, n_samples) = {(T, B, S)}, "
                              f"got {tuple(uniforms.shape)}")
-
-        runner = self._runner(B, S, T, L, config)
+        if grammar is not None and allowed is not None and tuple(allowed.shape) != (B, self.vocab_size):
+            raise ValueError(f"allowed must have shape (B, vocab) = {(B, self.vocab_size)}, got {tuple(allowed.shape)}")
+        rows = self.batch_rows(B)
+        if rows > B:  # padding rows: copies of the first problem, dropped from the result
+            extra = rows - B
+            prompt_ids = list(prompt_ids) + [prompt_ids[0]] * extra
+            uniforms = torch.cat([uniforms, uniforms[:, :1].expand(T, extra, S)], dim=1)
+            if prefix_embeds is not None:
+                prefix_embeds = torch.cat([prefix_embeds, prefix_embeds[:1].expand(extra, *prefix_embeds.shape[1:])])
+                if prefix_mask is not None:
+                    prefix_mask = torch.cat([prefix_mask, prefix_mask[:1].expand(extra, -1)])
+            if allowed is not None:
+                allowed = torch.cat([allowed, allowed[:1].expand(extra, -1)])
+            if max_nodes is not None:
+                max_nodes = torch.as_tensor(max_nodes, dtype=torch.long).reshape(B)
+                max_nodes = torch.cat([max_nodes, max_nodes[:1].expand(extra)])
+        ids, mask = left_pad(prompt_ids, pad)
+        L = self._runner_length(rows, S, T, config, ids.shape[1] + n_prefix)
+        runner = self._runner(rows, S, T, L, config)
         st = runner.state
         first = self.prefill(ids, mask, prefix_embeds, prefix_mask, out=st)
-        st.uniforms.copy_(uniforms, non_blocking=True)
+        st.uniforms.copy_(self._host_to_device(uniforms))
         logits = first.logits[:, None, :]
         if grammar is not None:
             if allowed is None:
                 st.allowed.fill_(True)
-            elif tuple(allowed.shape) != (B, self.vocab_size):
-                raise ValueError(f"allowed must have shape (B, vocab) = {(B, self.vocab_size)}, got {tuple(allowed.shape)}")
             else:
-                st.allowed.copy_(allowed)
+                st.allowed.copy_(self._host_to_device(allowed))
             if max_nodes is None:
                 st.max_nodes.fill_(T)  # no size limit beyond the token budget
             else:
-                st.max_nodes.copy_(torch.as_tensor(max_nodes, dtype=torch.long).reshape(B, 1).to(st.max_nodes.device))
+                nodes = torch.as_tensor(max_nodes, dtype=torch.long).reshape(rows, 1)
+                st.max_nodes.copy_(self._host_to_device(nodes))
             st.expect.zero_()
             st.depth.zero_()
             st.nodes.zero_()
@@ -728,19 +903,36 @@ class SharedPrefixSampler:
         else:
             torch.eq(tokens, config.eos_id, out=st.finished)
         st.step.zero_()
+        cuda = self.device.type == "cuda"
+        stop = config.eos_id is not None and (early_stop if early_stop is not None else not cuda)
         done = 1
         while done < T:
-            if config.eos_id is not None and (done - 1) % self.check_every == 0 and bool(st.finished.all()):
+            if stop and (done - 1) % self.check_every == 0 and bool(st.finished.all()):
                 break
             runner.step(self)
             done += 1
-        tokens = st.out[:, :, :done].cpu()
-        if config.eos_id is None:
-            lengths = torch.full((B, S), done, dtype=torch.long)
-        else:
-            is_eos = tokens == config.eos_id
-            lengths = torch.where(is_eos.any(dim=-1), is_eos.long().argmax(dim=-1) + 1, done)
-        return tokens, lengths
+        if not cuda:  # a copy: the runner's buffers are the next call's
+            return PendingSample(st.out[:B, :, :done].clone(), config.eos_id)
+        # The runner's buffers are reused by the next call of its shape, queued after this copy on the stream.
+        host = torch.empty((B, S, done), dtype=torch.long, pin_memory=True)
+        host.copy_(st.out[:B, :, :done], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return PendingSample(host, config.eos_id, event)
+
+    def sample_tensor(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
+                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,
+                      pad_id: int | None = None, seed: int | None = None, generator: torch.Generator | None = None,
+                      prefix_embeds=None, prefix_mask=None, points=None, point_mask=None, uniforms=None,
+                      grammar: Grammar | None = None, allowed=None, max_nodes=None):
+        """Like `sample`, as tensors on the CPU: tokens (B, S, T') and lengths (B, S) (T' <= max_new_tokens).
+
+        tokens[b, s, :lengths[b, s]] are the generated ids (the last one EOS
+        when the sequence finished); later entries are padding.
+        """
+        return self.launch(prompt_ids, n_samples, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, seed,
+                           generator, prefix_embeds, prefix_mask, points, point_mask, uniforms, grammar, allowed,
+                           max_nodes, early_stop=True).result()
 
     def sample(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,

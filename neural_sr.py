@@ -76,6 +76,18 @@ TOKENS_PER_NODE = 3  # a binary node prints as `(`, its symbol and `)`: a bound 
 MAX_OWNER_CACHE = 1 << 16
 
 
+def default_attention(device) -> str:
+    """The sampler's attention mode by device: "fused" on the CPU (measured ~10% faster), "scores" on CUDA.
+
+    Both give the same logits (tests compare each with Hugging Face's); on
+    CUDA "fused" (flash attention over the shared prompt) is not measured
+    yet, so the measured "scores" stays the default there (docs/LOG.md).
+    """
+    import torch
+
+    return "scores" if torch.device(device).type == "cuda" else "fused"
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be used; one line naming the folder."""
 
@@ -177,7 +189,7 @@ class Proposer:
     """A checkpoint's model, tokenizer, prompt settings and fast sampler: loaded once, shared by many searches."""
 
     def __init__(self, model, tokenizer, *, mode: str | None, context_type: str, max_new_tokens: int | None = None,
-                 checkpoint=None, device=None, dtype=None, compile="cuda_graphs"):
+                 checkpoint=None, device=None, dtype=None, compile="cuda_graphs", attention: str | None = None):
         import torch
 
         import point_embedder as pe
@@ -195,7 +207,8 @@ class Proposer:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device).eval()  # the embedder of a PrefixLM runs from here
         self.tokenizer = tokenizer
-        self.sampler = SharedPrefixSampler(self.model, device=self.device, dtype=dtype, compile=compile)
+        self.sampler = SharedPrefixSampler(self.model, device=self.device, dtype=dtype, compile=compile,
+                                           attention=attention or default_attention(self.device))
         self.embedder_config = model.embedder.config if isinstance(model, pe.PrefixLM) else None
         self.n_prefix = 0 if self.embedder_config is None else self.embedder_config.n_prefix
         self.contexts = fu.ContextCache()
@@ -210,14 +223,15 @@ class Proposer:
 
     @classmethod
     def load(cls, checkpoint, device=None, dtype=None, compile="cuda_graphs", context_type: str | None = None,
-             max_new_tokens: int | None = None) -> "Proposer":
+             max_new_tokens: int | None = None, attention: str | None = None) -> "Proposer":
         """Load a train.py checkpoint folder; context type, mode and new-token budget come from its settings.
 
         `context_type` / `max_new_tokens` override what the checkpoint says
         (needed for checkpoints saved without training settings). `compile`:
         the sampler's decode mode on CUDA (fast_sampler.COMPILE_MODES; CUDA
         graphs by default, which cut the launch overhead of small batches);
-        ignored on the CPU.
+        ignored on the CPU. `attention`: the sampler's attention over the
+        prompt (fast_sampler.ATTENTION_MODES; None: `default_attention`).
         """
         folder = Path(checkpoint)
         if not (folder / "config.json").is_file():
@@ -249,7 +263,8 @@ class Proposer:
             if bars:
                 hf_logging.enable_progress_bar()
         return cls(model, tokenizer, mode=TRAINING_MODES.get(settings["mode"]), context_type=context_type,
-                   max_new_tokens=max_new_tokens, checkpoint=folder, device=device, dtype=dtype, compile=compile)
+                   max_new_tokens=max_new_tokens, checkpoint=folder, device=device, dtype=dtype, compile=compile,
+                   attention=attention)
 
     def __repr__(self) -> str:
         return f"Proposer({str(self.checkpoint)!r})" if self.checkpoint else "Proposer(<in memory>)"
@@ -303,6 +318,18 @@ class Proposer:
         population of very large expressions) gets empty outputs, which the
         search replaces by fallback children. `overlong` counts the latter.
         """
+        return self.launch(requests, early_stop=True).result()
+
+    def launch(self, requests: Sequence[ProposalRequest], early_stop: bool | None = None) -> "PendingProposals":
+        """`propose_ids`, started: on CUDA the model's work is queued and this returns before it is done.
+
+        `result()` of the returned PendingProposals waits for the outputs, so
+        the host can meanwhile finish other searches' generations
+        (batched_neural_sr overlaps the two halves this way). `early_stop`: as
+        in fast_sampler.SharedPrefixSampler.launch (None: no early stop on CUDA,
+        which would wait for the device).
+        """
+        started = time.perf_counter()
         results: list = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, list[int]]]] = {}
         for index, request in enumerate(requests):
@@ -318,31 +345,27 @@ class Proposer:
             key = (float(request.temperature), int(request.top_k), float(request.top_p), int(budget), steps,
                    bool(request.constrained))
             groups.setdefault(key, []).append((index, prompt))
+        calls = []
         for (temperature, top_k, top_p, budget, steps, constrained), members in groups.items():
-            samples = self._sample([requests[i] for i, _ in members], [prompt for _, prompt in members],
-                                   temperature, top_k, top_p, budget, steps, constrained)
-            for (index, _), outputs in zip(members, samples):
-                results[index] = outputs
-        return results
+            asked = [requests[i] for i, _ in members]
+            pending = self._launch(asked, [prompt for _, prompt in members], temperature, top_k, top_p, budget, steps,
+                                   constrained, early_stop)
+            calls.append(([i for i, _ in members], asked, pending))
+        self.seconds += time.perf_counter() - started
+        self.calls += len(calls)
+        return PendingProposals(self, results, calls)
 
-    def _sample(self, requests, prompts, temperature, top_k, top_p, budget, steps,
-                constrained=False) -> list[list[tuple[int, ...]]]:
+    def _launch(self, requests, prompts, temperature, top_k, top_p, budget, steps, constrained, early_stop):
         import torch
 
         width = max(request.n_samples for request in requests)
         # Each request's uniforms come from its own seed for the full budget, so a sample does not depend on
         # which requests share its call or how many steps the call runs.
         uniforms = torch.stack([self._uniforms(r.seed, budget, r.n_samples, width)[:steps] for r in requests], dim=1)
-        started = time.perf_counter()
-        tokens, lengths = self.sampler.sample_tensor(
+        return self.sampler.launch(
             prompts, n_samples=width, max_new_tokens=steps, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id, uniforms=uniforms,
-            **self._grammar_for(requests, constrained), **self._points_for(requests))
-        self.seconds += time.perf_counter() - started
-        self.calls += 1
-        rows, counts = tokens.tolist(), lengths.tolist()
-        return [[tuple(row[:count]) for row, count in zip(rows[b][:r.n_samples], counts[b][:r.n_samples])]
-                for b, r in enumerate(requests)]
+            early_stop=early_stop, **self._grammar_for(requests, constrained), **self._points_for(requests))
 
     def grammar(self):
         """The infix-expression Grammar over this tokenizer's ids (fast_sampler.Grammar), built once."""
@@ -379,7 +402,7 @@ class Proposer:
             allowed[row, list(self.allowed_tokens(request.state))] = True
         unlimited = 1 << 30
         max_nodes = [request.max_nodes or unlimited for request in requests]
-        return {"grammar": self.grammar(), "allowed": allowed.to(self.device), "max_nodes": max_nodes}
+        return {"grammar": self.grammar(), "allowed": allowed, "max_nodes": max_nodes}
 
     @staticmethod
     def _uniforms(seed: int, steps: int, n_samples: int, width: int):
@@ -412,6 +435,30 @@ class Proposer:
                 entry = self._points[id(X)] = (X, y, points, mask)
             rows.append(entry)
         return {"points": torch.cat([row[2] for row in rows]), "point_mask": torch.cat([row[3] for row in rows])}
+
+
+class PendingProposals:
+    """Proposer.launch's calls in flight; `result()` gives propose_ids' value (and counts the wait as model time)."""
+
+    def __init__(self, proposer: Proposer, results: list, calls: list):
+        self._proposer, self._results, self._calls = proposer, results, calls
+
+    def ready(self) -> bool:
+        """True when `result()` will not wait for the device."""
+        return all(pending.ready() for _, _, pending in self._calls)
+
+    def result(self) -> list[list[tuple[int, ...]]]:
+        started = time.perf_counter()
+        results = self._results
+        for indices, requests, pending in self._calls:
+            tokens, lengths = pending.result()
+            rows, counts = tokens.tolist(), lengths.tolist()
+            for b, (index, request) in enumerate(zip(indices, requests)):
+                results[index] = [tuple(row[:count]) for row, count in
+                                  zip(rows[b][:request.n_samples], counts[b][:request.n_samples])]
+        self._calls = []
+        self._proposer.seconds += time.perf_counter() - started
+        return results
 
 
 @functools.lru_cache(maxsize=1)

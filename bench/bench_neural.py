@@ -40,17 +40,26 @@ Protocol (issue items 2 and 7), one command on the GPU machine:
   BasicSR per generation (> 1: a NeuralSR generation costs more).
 - The same, measured end to end (`neuralsr_step`): BatchedNeuralSR with a
   random-weight checkpoint of the benchmark's shape saved like train.py
-  saves one, B searches in lockstep on the harder problems for 2 and for 6
-  generations; (t6 - t2) / 4 / B = seconds per problem-generation, against
-  the same BasicSR reference (the issue's target: <= 2x).
+  saves one (and, with `--e2e_checkpoint`, a trained one, whose children
+  stop at EOS), B searches in lockstep on the harder problems for 2 and for
+  6 generations, with `--overlaps` groups in flight (1: the host waits for
+  the model; 2: the host finishes one group while the device samples the
+  other); (t6 - t2) / 4 / B = seconds per problem-generation, against the
+  same BasicSR reference (the issue's target: <= 2x). The model time
+  (launch + wait) is reported beside it, so with overlap 1 the rest is the
+  host's half.
+- `--kernel_profile PATH`: torch.profiler's table of the device kernels of
+  one eager sampler call at B = `--neural_b` (where a step's time goes).
 
     python3 bench/bench_neural.py --json $OUT/bench_neural.json     # GPU machine, < 4 minutes
+    python3 bench/bench_neural.py --json $OUT/b.json --e2e_checkpoint models/neuralsr-tiny --kernel_profile $OUT/k.txt
     python bench/bench_neural.py --smoke                             # CPU, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -261,40 +270,44 @@ def basic_sr_per_generation(generations: int, n_points: int = 50) -> dict:
                 problems=list(problems.TIERS["harder"]))
 
 
-def neuralsr_step(B: int, settings: dict, device, dtype, compile_mode: str, folder,
+def neuralsr_step(B: int, checkpoint, device, dtype, compile_mode: str, overlap: int, attention: str = "scores",
                   generations: tuple[int, int] = (2, 6), profile: str | None = None) -> dict:
     """The real thing: BatchedNeuralSR on B problems, seconds per problem-generation.
 
-    A random-weight checkpoint of the benchmark's model shape is saved the
-    way train.py saves one (train.save_random_checkpoint) and loaded by
-    neural_sr.Proposer; B searches (the harder problems cycled, 50 points,
-    population 20, max_size 25, max_depth 10, early stop off, temperature 1)
-    run in lockstep for G1 and for G2 generations, and the difference of the
-    two wall times / (G2 - G1) / B is the time per problem-generation: one
-    batched model call per generation, prompts, parsing, fallback children
-    and fitness evaluation included, start-up excluded. The random model's
-    children mostly fall back to evolution, so the CPU part is an upper bound
-    of a trained model's (whose children are parsed and scored instead).
+    `checkpoint`: a checkpoint folder, loaded by neural_sr.Proposer (the
+    random-weight one `random_checkpoint` saves, or a trained one such as
+    models/neuralsr-tiny). B searches (the harder problems cycled, 50
+    points, population 20, max_size 25, max_depth 10, early stop off,
+    temperature 1) run in lockstep, in `overlap` groups (1: each generation
+    waits for the model, then does its host work; 2: the host works on one
+    group while the device samples the other), for G1 and for G2
+    generations, and the difference of the two wall times / (G2 - G1) / B is
+    the time per problem-generation: one batched model call per generation
+    (per group), prompts, parsing, fallback children and fitness evaluation
+    included, start-up excluded. `model_seconds_per_generation` is the time
+    spent launching and waiting for the model in the same way, so with
+    overlap 1 the rest is the host's half of a generation.
     """
     import problems
-    import train
     from batched_neural_sr import BatchedNeuralSR
     from neural_sr import Proposer
 
-    checkpoint = train.save_random_checkpoint(Path(folder) / "random", settings, max_target_tokens=32)
-    proposer = Proposer.load(checkpoint, device=device, dtype=dtype, compile=compile_mode)
+    proposer = Proposer.load(checkpoint, device=device, dtype=dtype, compile=compile_mode, attention=attention)
     names = problems.TIERS["harder"]
     datasets = [problems.get_problem(names[i % len(names)]).sample(seed=i // len(names)) for i in range(B)]
-    seconds = {}
+    seconds, model_seconds = {}, {}
     for count in generations:
-        batched = BatchedNeuralSR(checkpoint=proposer, batch_size=B, population_size=20, num_generations=count,
-                                  max_size=25, max_depth=10, early_stop_threshold=None, temperature=1.0)
+        batched = BatchedNeuralSR(checkpoint=proposer, batch_size=B, overlap=overlap, population_size=20,
+                                  num_generations=count, max_size=25, max_depth=10, early_stop_threshold=None,
+                                  temperature=1.0)
         batched.fit_many(datasets, seeds=list(range(B)))  # warm-up: graph capture, caches
         synchronize(device)
+        before = proposer.seconds
         started = time.perf_counter()
         fitted = batched.fit_many(datasets, seeds=list(range(B)))
         synchronize(device)
         seconds[count] = time.perf_counter() - started
+        model_seconds[count] = proposer.seconds - before
     if profile:  # where the step's time goes: cProfile of one more G2 run, top functions by own time
         import cProfile
         import io
@@ -311,19 +324,57 @@ def neuralsr_step(B: int, settings: dict, device, dtype, compile_mode: str, fold
         Path(profile).write_text(text.getvalue())
     first, last = generations
     per_generation = (seconds[last] - seconds[first]) / (last - first)
+    model_per_generation = (model_seconds[last] - model_seconds[first]) / (last - first)
     proposals = sum(model.n_proposals_ for model in fitted)
-    return dict(B=B, compile=compile_mode, generations=list(generations), wall_seconds=seconds,
+    return dict(B=B, compile=compile_mode, overlap=overlap, attention=attention, checkpoint=str(checkpoint),
+                max_new_tokens=proposer.max_new_tokens, generations=list(generations), wall_seconds=seconds,
                 seconds_per_generation=per_generation, seconds_per_problem_generation=per_generation / B,
+                model_seconds_per_generation=model_per_generation,
                 well_formed_rate=sum(model.n_neural_ for model in fitted) / proposals if proposals else 0.0)
 
 
-def pin_one_core() -> str:
+def random_checkpoint(folder, settings: dict) -> Path:
+    """A random-weight checkpoint of the benchmark's model shape, saved the way train.py saves one."""
+    import train
+
+    return train.save_random_checkpoint(Path(folder) / "random", settings, max_target_tokens=32)
+
+
+def kernel_profile(sampler, prompts, args, path: str) -> None:
+    """torch.profiler of one eager sampler call: the device kernels by total time (what a graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call = dict(n_samples=N_SAMPLES, max_new_tokens=args.new_tokens, seed=0)
+    sampler.sample_tensor(prompts, **call)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        sampler.sample_tensor(prompts, **call)
+        synchronize(sampler.device)
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    try:
+        table = prof.key_averages().table(sort_by=key, row_limit=30)
+    except (AttributeError, KeyError, RuntimeError):  # renamed in newer torch
+        table = prof.key_averages().table(sort_by="self_" + key.replace("cuda", "device"), row_limit=30)
+    Path(path).write_text(table)
+
+
+@contextlib.contextmanager
+def one_core():
+    """Torch on one thread and the process on one core (the BasicSR reference's setting), restored on exit."""
+    threads = torch.get_num_threads()
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
     torch.set_num_threads(1)
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"core {core}"
-    return "not pinned"
+    try:
+        if affinity is None:
+            yield "not pinned"
+        else:
+            core = min(affinity)
+            os.sched_setaffinity(0, {core})
+            yield f"core {core}"
+    finally:
+        torch.set_num_threads(threads)
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
 
 
 # --------------------------------------------------------------------------
@@ -339,7 +390,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt_len", type=int, default=400)
     parser.add_argument("--prompt_jitter", type=int, default=0)
     parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS)
-    parser.add_argument("--modes", default="hf,eager,cuda_graphs,torch_compile")
+    parser.add_argument("--modes", default="hf,eager,cuda_graphs,torch_compile,eager:fused,cuda_graphs:fused",
+                        help="methods; MODE:fused = the sampler with attention 'fused' (flash attention over the prompt)")
     parser.add_argument("--compile_sizes", default="256", help="sizes at which torch_compile runs")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -353,7 +405,23 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--profile", default=None, metavar="PATH",
                         help="also write a cProfile of the end-to-end BatchedNeuralSR step here")
+    parser.add_argument("--kernel_profile", default=None, metavar="PATH",
+                        help="also write torch.profiler's kernel table of one eager sampler call at --neural_b here")
+    parser.add_argument("--e2e_checkpoint", default=None, metavar="PATH",
+                        help="also measure the end-to-end step with this trained checkpoint (e.g. models/neuralsr-tiny)")
+    parser.add_argument("--overlaps", default="1,2", help="BatchedNeuralSR overlap values measured end to end")
+    parser.add_argument("--e2e_attentions", default="scores,fused", help="sampler attention modes measured end to end")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    try:  # main() leaves the process as it found it (the tests call it in-process)
+        with contextlib.ExitStack() as stack:
+            return run(args, stack)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args, stack: contextlib.ExitStack) -> int:
+    """The benchmark; `stack` restores what it changes (the core pinning) when main is done."""
     if args.smoke:
         args.device, args.sizes, args.prompt_len, args.new_tokens = "cpu", "1,4", 48, 8
         args.warmup, args.repeats, args.hf_repeats, args.neural_b, args.basic_generations = 1, 2, 1, 8, 50
@@ -378,13 +446,15 @@ def main(argv=None) -> int:
           f"{args.new_tokens} new tokens (fixed length)", flush=True)
 
     samplers = {}
-    for mode in modes:
-        if mode == "hf":
+    for name in modes:
+        if name == "hf":
             continue
+        mode, _, attention = name.partition(":")
         if mode != "eager" and device.type != "cuda":
-            print(f"  {mode}: CUDA only (a no-op on CPU), skipped")
+            print(f"  {name}: CUDA only (a no-op on CPU), skipped")
             continue
-        samplers[mode] = fs.SharedPrefixSampler(model, compile=False if mode == "eager" else mode)
+        samplers[name] = fs.SharedPrefixSampler(model, compile=False if mode == "eager" else mode,
+                                                attention=attention or "scores")
 
     results = []
     for B in sizes:
@@ -395,7 +465,7 @@ def main(argv=None) -> int:
             entry = dict(mode=mode, B=B)
             if mode == "hf" and B * N_SAMPLES > args.hf_max_rows:
                 entry["skipped"] = f"B * {N_SAMPLES} > --hf_max_rows"
-            elif mode == "torch_compile" and B not in compile_sizes:
+            elif mode.startswith("torch_compile") and B not in compile_sizes:
                 entry["skipped"] = "not in --compile_sizes"
             elif time.perf_counter() - began > args.budget_s:
                 entry["skipped"] = "time budget"
@@ -436,6 +506,12 @@ def main(argv=None) -> int:
             table.setdefault(str(B), {})[mode] = dict(proposals_per_s=rate, vs_hf=rate / hf_rate if hf_rate else None)
         print(f"{B:>6}" + "".join(cells))
 
+    if args.kernel_profile:
+        kernel_profile(samplers.get("eager") or fs.SharedPrefixSampler(model),
+                       random_prompts(args.neural_b, args.prompt_len, args.prompt_jitter, seed=args.neural_b),
+                       args, args.kernel_profile)
+        print(f"kernel profile of one eager call at B={args.neural_b}: {args.kernel_profile}")
+
     comparison = None
     if not args.skip_basic:
         B = args.neural_b
@@ -446,7 +522,7 @@ def main(argv=None) -> int:
                                                           else fs.SharedPrefixSampler(model), prompts, args, device))
             sampler_rates = [entry]
         best = min(sampler_rates, key=lambda e: e["seconds"])
-        core = pin_one_core()
+        core = stack.enter_context(one_core())
         stages = neural_cpu_stages(B)
         basic = basic_sr_per_generation(args.basic_generations)
         neural_total = stages["prompt_seconds"] + best["seconds"] + stages["postprocess_seconds"]
@@ -468,14 +544,32 @@ def main(argv=None) -> int:
         print(f"ratio NeuralSR / BasicSR per generation: {comparison['ratio_neural_to_basic']:.2f}")
         # The real NeuralSR step (issue target: per problem-generation <= 2x BasicSR per generation).
         mode = "eager" if device.type != "cuda" else ("cuda_graphs" if "cuda_graphs" in samplers else "eager")
+        overlaps = [int(v) for v in args.overlaps.split(",") if v.strip()]
         with tempfile.TemporaryDirectory() as folder:
-            real = neuralsr_step(B, settings, device, dtype, mode, folder, profile=args.profile)
-        real["ratio_to_basic"] = real["seconds_per_problem_generation"] / basic["seconds_per_generation"]
-        comparison["batched_neural_sr"] = real
-        print(f"BatchedNeuralSR, measured end to end at B={B} ({mode}, random weights, "
-              f"well-formed {real['well_formed_rate']:.1%}): {real['seconds_per_generation'] * 1e3:.1f} ms per "
-              f"generation = {real['seconds_per_problem_generation'] * 1e6:.1f} us per problem-generation; "
-              f"ratio to BasicSR {real['ratio_to_basic']:.2f} (target <= 2)")
+            checkpoints = {"random weights": random_checkpoint(folder, settings)}
+            if args.e2e_checkpoint:
+                checkpoints["trained " + args.e2e_checkpoint] = args.e2e_checkpoint
+            comparison["batched_neural_sr"] = []
+            attentions = [a.strip() for a in args.e2e_attentions.split(",") if a.strip()]
+            runs = [(label, checkpoint, overlap, attention) for label, checkpoint in checkpoints.items()
+                    for attention in attentions for overlap in overlaps]
+            for label, checkpoint, overlap, attention in runs:
+                if time.perf_counter() - began > args.budget_s + 120:
+                    print(f"BatchedNeuralSR {label}, overlap {overlap}, {attention}: skipped (time budget)")
+                    continue
+                real = neuralsr_step(B, checkpoint, device, dtype, mode, overlap, attention,
+                                     profile=args.profile if (label, checkpoint, overlap, attention) == runs[0]
+                                     else None)
+                real["ratio_to_basic"] = real["seconds_per_problem_generation"] / basic["seconds_per_generation"]
+                real["weights"] = label
+                comparison["batched_neural_sr"].append(real)
+                host = real["seconds_per_generation"] - real["model_seconds_per_generation"]
+                print(f"BatchedNeuralSR end to end at B={B} ({mode}, {attention}, {label}, overlap {overlap}, "
+                      f"max_new_tokens {real['max_new_tokens']}, well-formed {real['well_formed_rate']:.1%}): "
+                      f"{real['seconds_per_generation'] * 1e3:.1f} ms per generation (model "
+                      f"{real['model_seconds_per_generation'] * 1e3:.1f} ms, host {host * 1e3:.1f} ms) = "
+                      f"{real['seconds_per_problem_generation'] * 1e6:.1f} us per problem-generation; "
+                      f"ratio to BasicSR {real['ratio_to_basic']:.2f} (target <= 2)", flush=True)
 
     elapsed = time.perf_counter() - began
     print(f"\ntotal {elapsed:.1f} s")

@@ -84,12 +84,14 @@ def test_length_bucket_padding_changes_nothing(model):
 # (b) decoding
 
 
-@pytest.mark.parametrize("bucket, in_place", [(1, True), (16, True), (1, False)])
-def test_every_decode_step_matches_hf_full_recompute(model, bucket, in_place):
+@pytest.mark.parametrize("bucket, in_place, attention", [(1, True, "scores"), (16, True, "scores"),
+                                                         (1, False, "scores"), (1, True, "fused"), (16, True, "fused")])
+def test_every_decode_step_matches_hf_full_recompute(model, bucket, in_place, attention):
+    """12 steps, past the local layers' window of 8: the window hides prompt keys, then the samples' own."""
     prompts = random_prompts()
     generator = torch.Generator().manual_seed(1)
     continuations = torch.randint(3, 64, (3, 4, 12), generator=generator)  # S = 4 different continuations
-    sampler = fs.SharedPrefixSampler(model, length_bucket=bucket)
+    sampler = fs.SharedPrefixSampler(model, length_bucket=bucket, attention=attention)
     sampler._scores_in_place = in_place  # False: the concatenating form torch_compile mode traces
     logits = sampler.forced_logits(prompts, continuations)
     assert logits.shape == (3, 4, 13, 64)
@@ -140,6 +142,18 @@ def test_seeded_sampling_is_reproducible(model):
     # A bucketed sampler (as the graph modes use) draws the same children.
     bucketed = fs.SharedPrefixSampler(model, length_bucket=32)
     assert bucketed.sample(prompts, n_samples=7, max_new_tokens=10, seed=123) == first
+
+
+def test_fused_attention_draws_the_same_children(model, tokenizer):
+    prompts = random_prompts()
+    kwargs = dict(n_samples=7, max_new_tokens=12, seed=11, eos_id=tokenizer.eos_token_id, pad_id=0)
+    scores, fused = fs.SharedPrefixSampler(model), fs.SharedPrefixSampler(model, attention="fused")
+    assert fused.key_dim == 24 and fused.key_dtype == torch.float32  # head_dim 16 + the bias slot, padded to 8
+    assert fused.sample(prompts, **kwargs) == scores.sample(prompts, **kwargs)
+    grammar = dict(kwargs, grammar=expression_grammar(tokenizer, scores), max_nodes=[5, 9, 25])
+    assert fused.sample(prompts, **grammar) == scores.sample(prompts, **grammar)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        fs.SharedPrefixSampler(model, attention="flash")
 
 
 def test_given_uniforms_replace_the_seed(model):
@@ -330,6 +344,48 @@ def test_too_long_a_generation_is_refused(model):
         sampler.sample([[]], n_samples=2, max_new_tokens=10)
 
 
+def test_batch_rows_buckets(model):
+    padded = fs.SharedPrefixSampler(model, pad_batches=True)
+    assert [padded.batch_rows(b) for b in (1, 2, 3, 5, 17, 32, 33, 64, 65, 250, 256)] == \
+        [1, 2, 4, 8, 32, 32, 64, 64, 96, 256, 256]
+    assert fs.SharedPrefixSampler(model).batch_rows(5) == 5  # eager on the CPU: no padding by default
+
+
+@pytest.mark.parametrize("B", [3, 5])
+def test_padded_batches_give_the_same_children(model, tokenizer, B):
+    """Padding rows (graph modes bucket the batch) change nothing for the real rows, grammar included."""
+    prompts = random_prompts(tuple(range(9, 9 + 4 * B, 4)), seed=B)
+    plain, padded = fs.SharedPrefixSampler(model), fs.SharedPrefixSampler(model, pad_batches=True)
+    kwargs = dict(n_samples=5, max_new_tokens=10, seed=3, eos_id=tokenizer.eos_token_id, pad_id=0)
+    expected = plain.sample(prompts, **kwargs)
+    assert padded.sample(prompts, **kwargs) == expected
+    assert [key[0] for key in padded._runners] == [padded.batch_rows(B)] and padded.batch_rows(B) > B
+    grammar = expression_grammar(tokenizer, plain)
+    constrained = dict(kwargs, grammar=grammar, allowed=torch.ones(B, plain.vocab_size, dtype=torch.bool),
+                       max_nodes=list(range(3, 3 + B)))
+    assert padded.sample(prompts, **constrained) == plain.sample(prompts, **constrained)
+
+
+def test_launched_calls_in_flight_give_what_sequential_calls_give(model, tokenizer):
+    """Several launches of one shape at once (the runner's buffers are reused) and late results."""
+    sampler = fs.SharedPrefixSampler(model)
+    eos = tokenizer.eos_token_id
+    calls = [dict(prompt_ids=random_prompts(seed=seed), n_samples=4, max_new_tokens=9, seed=seed, eos_id=eos)
+             for seed in range(3)]
+    expected = [sampler.sample_tensor(**call) for call in calls]
+    pending = [sampler.launch(**call) for call in calls]
+    for (tokens, lengths), handle in zip(expected, pending):
+        got_tokens, got_lengths = handle.result()
+        assert torch.equal(got_lengths, lengths)
+        for b in range(3):
+            for s in range(4):
+                n = int(lengths[b, s])
+                assert got_tokens[b, s, :n].tolist() == tokens[b, s, :n].tolist()
+    # Without the early stop the tokens run to max_new_tokens, the same samples.
+    tokens, lengths = sampler.launch(**calls[0], early_stop=False).result()
+    assert tokens.shape[2] == 9 and torch.equal(lengths, expected[0][1])
+
+
 # --------------------------------------------------------------------------
 # CUDA
 
@@ -353,15 +409,16 @@ def test_cuda_logits_match_hf_and_graph_modes_match_eager(tokenizer):
                               position_ids=positions.cuda()).logits.float()
         reference = reference[:, -10:].reshape(4, 3, 10, -1)
         scale = max(1.0, reference.abs().max().item())
-        eager = fs.SharedPrefixSampler(model)
-        logits = eager.forced_logits(prompts, continuations)
-        assert (logits - reference).abs().max().item() <= tolerance * scale, dtype
+        for attention in fs.ATTENTION_MODES:  # "fused": flash attention (bf16) / memory-efficient (fp32)
+            logits = fs.SharedPrefixSampler(model, attention=attention).forced_logits(prompts, continuations)
+            assert (logits - reference).abs().max().item() <= tolerance * scale, (dtype, attention)
         # torch.compile takes tens of seconds per model: compiled in float32 only.
         for mode in ("cuda_graphs", "torch_compile") if dtype == torch.float32 else ("cuda_graphs",):
             fast = fs.SharedPrefixSampler(model, compile=mode)
             assert fast.active_mode in ("cuda_graphs", "torch_compile")
             assert fast.use_graphs and fast.length_bucket == fs.DEFAULT_LENGTH_BUCKET
             bucketed = fs.SharedPrefixSampler(model, length_bucket=fast.length_bucket)
+            fused = fs.SharedPrefixSampler(model, compile=mode, attention="fused")
             kwargs = dict(n_samples=5, max_new_tokens=12, eos_id=tokenizer.eos_token_id, pad_id=0)
             for seed in (0, 1):  # the second call replays the captured graph with new data
                 expected = bucketed.sample(prompts, seed=seed, **kwargs)
@@ -372,6 +429,9 @@ def test_cuda_logits_match_hf_and_graph_modes_match_eager(tokenizer):
                 # between kernels (a graph replaying stale data would agree on almost nothing).
                 agree = np.mean([a == b for p, q in zip(got, expected) for a, b in zip(p, q)])
                 assert agree >= 0.75, (mode, dtype, agree)
+                got = fused.sample(prompts, seed=seed, **kwargs)  # fused attention in a captured graph
+                agree = np.mean([a == b for p, q in zip(got, expected) for a, b in zip(p, q)])
+                assert agree >= 0.75, (mode, dtype, "fused", agree)
             greedy = fast.sample(prompts, temperature=0, **kwargs)
             greedy_hf = fs.hf_generate_reference(model, prompts, n_samples=1, max_new_tokens=12, temperature=0,
                                                  eos_id=tokenizer.eos_token_id, pad_id=0)
@@ -459,15 +519,20 @@ def test_grammar_arguments_are_checked(model, tokenizer):
                        allowed=torch.ones(2, 5, dtype=torch.bool))
 
 
+def cuda_samplers(tokenizer):
+    """(eager, CUDA-graph) samplers of one random float32 model on the GPU."""
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(neo_config(tokenizer)).eval().to("cuda", torch.float32)
+    return fs.SharedPrefixSampler(model), fs.SharedPrefixSampler(model, compile="cuda_graphs")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_grammar_sampling_is_well_formed_and_matches_eager(tokenizer):
     """The grammar's state lives in the captured graph's static buffers: replays must update and reset it."""
     from expression_parser import parse
 
-    torch.manual_seed(0)
-    model = GPTNeoForCausalLM(neo_config(tokenizer)).eval().to("cuda", torch.float32)
-    eager, graphs = fs.SharedPrefixSampler(model), fs.SharedPrefixSampler(model, compile="cuda_graphs")
+    eager, graphs = cuda_samplers(tokenizer)
     grammar = expression_grammar(tokenizer, eager)
     allowed = torch.ones(3, eager.vocab_size, dtype=torch.bool)
     kwargs = dict(n_samples=7, max_new_tokens=24, temperature=1.2, eos_id=tokenizer.eos_token_id, grammar=grammar,
@@ -483,3 +548,24 @@ def test_cuda_graph_grammar_sampling_is_well_formed_and_matches_eager(tokenizer)
                 assert len(tree) <= kwargs["max_nodes"][row]
         agree = np.mean([a == b for p, q in zip(got, expected) for a, b in zip(p, q)])
         assert agree >= 0.75, agree
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_launches_do_not_block_and_padded_graphs_match(tokenizer):
+    """On CUDA a launch queues its work (no synchronisation); results of calls in flight are right."""
+    eager, graphs = cuda_samplers(tokenizer)
+    assert graphs.pad_batches and not eager.pad_batches
+    kwargs = dict(n_samples=6, max_new_tokens=16, eos_id=tokenizer.eos_token_id, pad_id=0, temperature=0)
+    prompt_sets = [random_prompts((40, 25, 61), seed=1), random_prompts((30, 12, 50, 22, 9), seed=2)]
+    expected = [eager.sample_tensor(prompts, **kwargs) for prompts in prompt_sets]
+    for _ in range(2):  # the second round replays captured graphs
+        handles = [graphs.launch(prompts, **kwargs) for prompts in prompt_sets]
+        torch.cuda._sleep(50_000_000)  # keep the device busy: a launch must still return at once
+        late = graphs.launch(prompt_sets[0], **kwargs)
+        assert not late.ready()
+        for (tokens, lengths), handle in zip(expected + expected[:1], handles + [late]):
+            got_tokens, got_lengths = handle.result()
+            agree = (got_lengths == lengths).float().mean().item()  # greedy: kernels may flip a near-tie
+            assert agree >= 0.75, agree
+    assert {key[0] for key in graphs._runners} == {4, 8}  # 3 and 5 problems padded to buckets

@@ -395,13 +395,13 @@ def test_prefix_lm_checkpoint_reads_the_points(tiny_checkpoint_factory, monkeypa
     prefix = Proposer.load(tiny_checkpoint_factory(point_prefix=True))
     assert prefix.n_prefix == 64
     seen = []
-    original = prefix.sampler.sample_tensor
+    original = prefix.sampler.launch
 
     def spy(*args, **kwargs):
         seen.append((kwargs["points"].shape, kwargs["point_mask"].sum(dim=1).tolist()))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prefix.sampler, "sample_tensor", spy)
+    monkeypatch.setattr(prefix.sampler, "launch", spy)
     datasets = [problems.get_problem(name).sample(seed=0, n_points=n) for name, n in
                 (("quadratic", 30), ("bivariate_sum", 80))]
     fitted = bns.BatchedNeuralSR(prefix, batch_size=4, collect_trajectory=True, **{**SMALL, "num_generations": 2}
@@ -415,15 +415,18 @@ def test_prefix_lm_checkpoint_reads_the_points(tiny_checkpoint_factory, monkeypa
 # Batched
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_batched_runs_equal_sequential_runs(proposer, temperature):
+@pytest.mark.parametrize("temperature, overlap", [(0.0, 1), (1.0, 1), (0.0, 2), (1.0, 3)])
+def test_batched_runs_equal_sequential_runs(proposer, temperature, overlap):
+    """Batched (in one group, or in `overlap` groups whose calls are in flight together) equals alone."""
     names = ("quadratic", "bivariate_sum", "cubic", "pythagorean_3d")
     datasets = [problems.get_problem(name).sample(seed=0) for name in names]
     params = dict(SMALL, temperature=temperature, collect_trajectory=True)
     calls = proposer.sampler.prefill_calls
-    batched = bns.BatchedNeuralSR(proposer, batch_size=3, **params).fit_many(datasets, seeds=[4, 5, 6, 7])
+    batched = bns.BatchedNeuralSR(proposer, batch_size=3, overlap=overlap, **params).fit_many(datasets,
+                                                                                             seeds=[4, 5, 6, 7])
     generations = max(model.n_generations_ for model in batched)
-    assert proposer.sampler.prefill_calls - calls <= 2 * generations  # one call per batch of 3, per generation
+    # One call per batch of 3 (per group), per generation.
+    assert proposer.sampler.prefill_calls - calls <= max(2, overlap) * generations
     for model, (X, y), seed in zip(batched, datasets, [4, 5, 6, 7]):
         alone = NeuralSR(checkpoint=proposer, seed=seed, **params).fit(X, y)
         check_neural_trajectory(model)
@@ -437,6 +440,12 @@ def test_batched_arguments_are_checked(proposer):
         bns.BatchedNeuralSR(proposer, batch_size=0)
     with pytest.raises(ValueError, match="temperature"):
         bns.BatchedNeuralSR(proposer, temperature=-2)
+    for overlap in (0, 1.5, True):
+        with pytest.raises(ValueError, match="overlap"):
+            bns.BatchedNeuralSR(proposer, overlap=overlap)
+    assert bns.BatchedNeuralSR(proposer).overlap_groups == (2 if proposer.device.type == "cuda" else 1)
+    assert [len(g) for g in bns._split(list(range(7)), 3)] == [3, 2, 2] and bns._split([1], 4) == [[1]]
+    assert bns._split([], 2) == []
     batched = bns.BatchedNeuralSR(proposer, **SMALL)
     with pytest.raises(ValueError, match="2 datasets but 1 seeds"):
         batched.fit_many([quadratic(), quadratic()], seeds=[0])
@@ -553,13 +562,13 @@ def test_unusable_neural_options_exit_2_with_one_line(flags, message, expression
 def test_run_prompts_equal_the_one_step_conversion_prompts(context_type, expressions_file, tiny_checkpoint_factory,
                                                            tmp_path, monkeypatch):
     asked = []
-    original = Proposer.propose_ids
+    original = Proposer.launch
 
-    def recording(self, requests):
+    def recording(self, requests, **kwargs):
         asked.extend((request.state, self.prompt_ids(request.state), self) for request in requests)
-        return original(self, requests)
+        return original(self, requests, **kwargs)
 
-    monkeypatch.setattr(Proposer, "propose_ids", recording)
+    monkeypatch.setattr(Proposer, "launch", recording)
     checkpoint = tiny_checkpoint_factory(context_type=context_type)
     traces_path = tmp_path / "traces.pkl.gz"
     assert gt.main(neural_cli(expressions_file, checkpoint, "--batch_size", 3, "--max_expressions", 2,
