@@ -23,7 +23,8 @@ copies every prompt S times and prefills all copies; this module does not:
 3. A sequence that produced EOS keeps being computed (static shapes) but its
    later tokens are replaced by padding and never returned; a waiting call
    (`sample`) stops as soon as every sequence is done (checked every
-   `check_every` steps). `launch` queues a whole call on CUDA without waiting
+   `check_every` steps) and, when its steps run eagerly, drops finished
+   sequences from the batch as they accumulate (`_decode_compacting`). `launch` queues a whole call on CUDA without waiting
    for the device (no early stop) and returns a PendingSample, so the host
    can work while the device samples (batched_neural_sr overlaps the two).
 
@@ -106,6 +107,7 @@ REUSE_SLACK = 1.25  # a prompt runs in a cached runner up to 25% longer than it 
 ATTENTION_MODES = ("scores", "fused")
 DEFAULT_ATTENTION = "scores"  # "fused" waits for its H100 measurement (docs/LOG.md)
 HIDDEN_BIAS = -30000.0  # "fused": a hidden prompt key's score offset (exp underflows to 0; finite in bfloat16)
+COMPACT_BELOW = 0.5  # eager early-stopping decode: gather the unfinished rows once they fit in this share
 BATCH_BUCKET = 32  # graph modes: a call's problems padded to a power of two up to this, then to a multiple of it
 
 
@@ -347,6 +349,27 @@ class DecodeState:
     max_nodes: torch.Tensor | None = None  # (B, 1) long: the rows' size limits
 
 
+def _gathered(st: DecodeState, kept: torch.Tensor, index: tuple) -> DecodeState:
+    """A smaller DecodeState: problems `kept` (B',), and row (b', s') = old row index[0][b', s'], index[1][b', s']."""
+    def rows(tensor):  # (B, S, ...) -> (B', S', ...)
+        return None if tensor is None else tensor[index]
+
+    def problems(tensor):  # (B, ...) -> (B', ...)
+        return None if tensor is None else tensor.index_select(0, kept)
+
+    return DecodeState(
+        keys=[problems(k) for k in st.keys], values=[problems(v) for v in st.values],
+        # (B, H, S, T, hd)[b, :, s] -> (B', S', H, T, hd) -> (B', H, S', T, hd)
+        gen_keys=[g[index[0], :, index[1]].transpose(1, 2).contiguous() for g in st.gen_keys],
+        gen_values=[g[index[0], :, index[1]].transpose(1, 2).contiguous() for g in st.gen_values],
+        key_valid=problems(st.key_valid), last_position=problems(st.last_position), tokens=rows(st.tokens),
+        finished=rows(st.finished), out=rows(st.out), uniforms=st.uniforms[:, index[0], index[1]],
+        step=st.step.clone(), gen_index=st.gen_index, seq_index=st.seq_index, kinds=st.kinds,
+        expect_after=st.expect_after, allowed=problems(st.allowed), expect=rows(st.expect), depth=rows(st.depth),
+        nodes=rows(st.nodes), max_nodes=problems(st.max_nodes),
+    )
+
+
 class _Runner:
     """Static-shape decode buffers for (B, S, T, L, sampling config), with a captured CUDA graph in graph modes."""
 
@@ -440,7 +463,8 @@ class SharedPrefixSampler:
     """GPT-Neo sampler sharing each prompt's KV cache across its samples; see the module docstring."""
 
     def __init__(self, model, device=None, dtype=None, compile=False, length_bucket: int | None = None,
-                 check_every: int = 4, pad_batches: bool | None = None, attention: str = DEFAULT_ATTENTION):
+                 check_every: int = 4, pad_batches: bool | None = None, attention: str = DEFAULT_ATTENTION,
+                 compact: bool = True):
         decoder, embedder = _split_model(model)
         config = decoder.config
         if getattr(config, "model_type", "gpt_neo") != "gpt_neo":
@@ -459,6 +483,8 @@ class SharedPrefixSampler:
         self.act = _activation(config.activation_function)
         self.vocab_size = decoder.lm_head.weight.shape[0]
         self.check_every = max(1, int(check_every))
+        self.compact = bool(compact)  # eager early-stopping decode drops finished rows (_decode_compacting)
+        self.compactions = 0  # times it did
         self.prefill_calls = 0  # prefills run (one per sample() call: the prompt is never re-encoded per sample)
 
         def take(tensor):
@@ -905,6 +931,8 @@ class SharedPrefixSampler:
         st.step.zero_()
         cuda = self.device.type == "cuda"
         stop = config.eos_id is not None and (early_stop if early_stop is not None else not cuda)
+        if stop and self.compact and runner.graph is None:  # eager steps can change shape
+            return PendingSample(self._decode_compacting(runner, config, T)[:B], config.eos_id)
         done = 1
         while done < T:
             if stop and (done - 1) % self.check_every == 0 and bool(st.finished.all()):
@@ -919,6 +947,50 @@ class SharedPrefixSampler:
         event = torch.cuda.Event()
         event.record()
         return PendingSample(host, config.eos_id, event)
+
+    def _decode_compacting(self, runner: _Runner, config: SamplingConfig, T: int) -> torch.Tensor:
+        """The decode loop with an early stop, dropping finished sequences as they accumulate: tokens (B, S, T').
+
+        Every `check_every` steps, when the unfinished sequences would fit in
+        at most COMPACT_BELOW of the rows, the state is gathered down to the
+        problems that still have one, each keeping its unfinished samples
+        (padded with finished ones to the largest count), and decoding goes
+        on with that smaller batch: a call whose longest sample runs to the
+        token budget no longer computes every finished row until then. Each
+        sequence's computation is its own, so the tokens are the same.
+        """
+        st = runner.state
+        out, rows = st.out, None  # rows: the (problem, sample) each row of `state` stands for; None = itself
+        state, done = st, 1
+        while done < T:
+            if (done - 1) % self.check_every == 0:
+                active = ~state.finished
+                counts = active.sum(dim=1)
+                widest = int(counts.max())
+                if widest == 0:
+                    break
+                kept = counts.nonzero().squeeze(1)
+                if kept.numel() * widest <= COMPACT_BELOW * active.numel():
+                    if rows is None:
+                        out = st.out.clone()  # the runner's buffer holds an earlier call's tokens past `done`
+                        out[:, :, done:] = config.pad_id
+                    else:
+                        out[rows] = state.out
+                    # Each kept problem's unfinished samples first, then finished ones up to the widest count.
+                    order = torch.argsort((~active[kept]).to(torch.int8), dim=1, stable=True)[:, :widest]
+                    index = (kept[:, None].expand(-1, widest), order)
+                    rows = index if rows is None else (rows[0][index], rows[1][index])
+                    state = _gathered(state, kept, index)
+                    self.compactions += 1
+            if state is st:
+                runner.step(self)
+            else:
+                self._step_fn(state, config)
+            done += 1
+        if rows is None:
+            return st.out[:, :, :done].clone()  # a copy: the runner's buffers are the next call's
+        out[rows] = state.out
+        return out[:, :, :done]
 
     def sample_tensor(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,
                       temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None,

@@ -205,6 +205,27 @@ def test_eos_ends_a_sequence(model):
     assert tokens.shape == (1, 3, 1)
 
 
+@pytest.mark.parametrize("attention", fs.ATTENTION_MODES)
+def test_dropping_finished_sequences_changes_no_token(model, tokenizer, attention):
+    """The early-stopping decode gathers the unfinished rows as they thin out: the same tensors come back."""
+    prompts = random_prompts((21, 12, 33, 17))
+    full = fs.SharedPrefixSampler(model, compact=False, attention=attention)
+    free = full.sample(prompts, n_samples=9, max_new_tokens=30, seed=2)
+    counts = np.bincount([t for problem in free for child in problem for t in child[:6]], minlength=64)
+    eos = int(np.argmax(counts))  # the commonest token early on: sequences end at many different steps
+    compacting = fs.SharedPrefixSampler(model, attention=attention)
+    for kwargs in (dict(seed=2), dict(temperature=0), dict(seed=3, grammar=expression_grammar(tokenizer, full),
+                                                            max_nodes=[3, 5, 7, 25])):
+        call = dict(n_samples=9, max_new_tokens=30, eos_id=eos, pad_id=0)
+        call.update(kwargs, **({"eos_id": tokenizer.eos_token_id} if "grammar" in kwargs else {}))
+        before = compacting.compactions
+        expected, got = full.sample_tensor(prompts, **call), compacting.sample_tensor(prompts, **call)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        if "grammar" not in kwargs:
+            assert compacting.compactions > before, kwargs  # it did drop rows (twice or more: tracked rows)
+    assert full.compactions == 0
+
+
 def test_samples_share_one_prefill(model):
     prompts = random_prompts()
     sampler = fs.SharedPrefixSampler(model)
