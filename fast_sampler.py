@@ -619,12 +619,18 @@ class SharedPrefixSampler:
             # A pad query attends to itself only, so no row is fully masked (no NaN anywhere).
             masks = {False: ((causal & key_ok) | diagonal)[:, None], True: ((local & key_ok) | diagonal)[:, None]}
             n = x.shape[0]
-            for layer, k_out, v_out in zip(self.layers, keys, values):
+            last = len(self.layers) - 1
+            for index, (layer, k_out, v_out) in enumerate(zip(self.layers, keys, values)):
                 h = self._layer_norm(x, layer["ln1"])
                 q, k, v = F.linear(h, layer["qkv"]).view(n, length, 3, H, hd).permute(2, 0, 3, 1, 4)
+                mask = masks[layer["local"]]
+                if index == last and not all_logits:
+                    # Only the last position's output is used from here on (its logits): the last layer's
+                    # attention and MLP run for that one query, not for every position.
+                    q, mask, x = q[:, :, -1:], mask[:, :, -1:], x[:, -1:]
                 # No 1/sqrt(hd) scaling (GPT-Neo). Half-precision q/k/v go to SDPA as they are: its kernels
                 # take q.k in float32 accumulators and softmax in float32, as HF's float32 upcast does.
-                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[layer["local"]], scale=1.0)
+                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
                 if self.fused:  # [k, bias, 0..]: the bias slot hides pads from the fused kernel (see _fused_attention)
                     k_out[rows, :, :, :hd] = k
                     k_out[rows, :, :, hd] = key_bias[rows][:, None, :]
@@ -632,7 +638,7 @@ class SharedPrefixSampler:
                 else:
                     k_out[rows] = k
                     v_out[rows] = v
-                attended = attended.to(self.dtype).transpose(1, 2).reshape(n, length, self.hidden)
+                attended = attended.to(self.dtype).transpose(1, 2).reshape(n, q.shape[2], self.hidden)
                 x = x + F.linear(attended, *layer["out"])
                 x = x + self._mlp(layer, x)
             logits.append(self._logits(x[:, -token_count:] if all_logits else x[:, -1]))

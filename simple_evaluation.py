@@ -279,7 +279,7 @@ def main(argv=None) -> int:
           f"{', '.join(map(str, plan.seeds))}; population {plan.budget.population_size} x "
           f"{plan.budget.num_generations} generations ({plan.budget.evaluations:,} evaluations)", flush=True)
     if plan.neural is not None and _neural_on_cpu(plan.neural.device):
-        print("note: NeuralSR runs on the CPU (no CUDA device): about 0.5 s per problem-generation on a 2-core "
+        print("note: NeuralSR runs on the CPU (no CUDA device): about 0.3 s per problem-generation on a 2-core "
               "laptop, so a long budget takes a while; --num_generations and --seeds bound it", flush=True)
     report = run_evaluation(plan, args.workers, progress=not args.quiet)
     parameters = {**vars(args), "output_dir": str(output_dir)}
