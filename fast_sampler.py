@@ -609,20 +609,29 @@ class SharedPrefixSampler:
         diagonal = torch.eye(length, dtype=torch.bool, device=self.device)
         x_all = embeds + F.embedding(positions, self.wpe)
         key_bias = self._key_bias(valid) if self.fused else None
-        chunk = max(1, PREFILL_SCORE_BUDGET // (length * length))
         token_count = input_ids.shape[1]
+        if self.device.type == "cpu" and prefix_embeds is None and not all_logits:
+            # On the CPU, compute is the cost: each prompt runs alone from its first real token (left padding
+            # keeps tokens contiguous), instead of every prompt padded to the longest. Pads' keys are hidden.
+            starts = (length - valid.sum(dim=1)).tolist()
+            pieces = [(slice(row, row + 1), begin) for row, begin in enumerate(starts)]
+        else:
+            chunk = max(1, PREFILL_SCORE_BUDGET // (length * length))
+            pieces = [(slice(start, min(batch, start + chunk)), 0) for start in range(0, batch, chunk)]
         logits = []
-        for start in range(0, batch, chunk):
-            rows = slice(start, min(batch, start + chunk))
-            x = x_all[rows]
-            key_ok = valid[rows][:, None, :]
+        for rows, begin in pieces:
+            x = x_all[rows, begin:]
+            width = length - begin
+            key_ok = valid[rows][:, None, begin:]
             # A pad query attends to itself only, so no row is fully masked (no NaN anywhere).
-            masks = {False: ((causal & key_ok) | diagonal)[:, None], True: ((local & key_ok) | diagonal)[:, None]}
+            window = slice(begin, length)
+            masks = {False: ((causal[window, window] & key_ok) | diagonal[window, window])[:, None],
+                     True: ((local[window, window] & key_ok) | diagonal[window, window])[:, None]}
             n = x.shape[0]
             last = len(self.layers) - 1
             for index, (layer, k_out, v_out) in enumerate(zip(self.layers, keys, values)):
                 h = self._layer_norm(x, layer["ln1"])
-                q, k, v = F.linear(h, layer["qkv"]).view(n, length, 3, H, hd).permute(2, 0, 3, 1, 4)
+                q, k, v = F.linear(h, layer["qkv"]).view(n, width, 3, H, hd).permute(2, 0, 3, 1, 4)
                 mask = masks[layer["local"]]
                 if index == last and not all_logits:
                     # Only the last position's output is used from here on (its logits): the last layer's
@@ -632,12 +641,12 @@ class SharedPrefixSampler:
                 # take q.k in float32 accumulators and softmax in float32, as HF's float32 upcast does.
                 attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
                 if self.fused:  # [k, bias, 0..]: the bias slot hides pads from the fused kernel (see _fused_attention)
-                    k_out[rows, :, :, :hd] = k
+                    k_out[rows, :, begin:, :hd] = k
                     k_out[rows, :, :, hd] = key_bias[rows][:, None, :]
-                    v_out[rows, :, :, :hd] = v
-                else:
-                    k_out[rows] = k
-                    v_out[rows] = v
+                    v_out[rows, :, begin:, :hd] = v
+                else:  # pads before `begin` keep stale (finite) values: the decode hides them by key_valid
+                    k_out[rows, :, begin:] = k
+                    v_out[rows, :, begin:] = v
                 attended = attended.to(self.dtype).transpose(1, 2).reshape(n, q.shape[2], self.hidden)
                 x = x + F.linear(attended, *layer["out"])
                 x = x + self._mlp(layer, x)
@@ -938,7 +947,7 @@ class SharedPrefixSampler:
         cuda = self.device.type == "cuda"
         stop = config.eos_id is not None and (early_stop if early_stop is not None else not cuda)
         if stop and self.compact and runner.graph is None:  # eager steps can change shape
-            return PendingSample(self._decode_compacting(runner, config, T)[:B], config.eos_id)
+            return PendingSample(self._decode_compacting(runner, config, T)[:B].cpu(), config.eos_id)
         done = 1
         while done < T:
             if stop and (done - 1) % self.check_every == 0 and bool(st.finished.all()):
