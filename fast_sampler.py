@@ -24,9 +24,10 @@ copies every prompt S times and prefills all copies; this module does not:
    later tokens are replaced by padding and never returned; a waiting call
    (`sample`) stops as soon as every sequence is done (checked every
    `check_every` steps) and, when its steps run eagerly, drops finished
-   sequences from the batch as they accumulate (`_decode_compacting`). `launch` queues a whole call on CUDA without waiting
-   for the device (no early stop) and returns a PendingSample, so the host
-   can work while the device samples (batched_neural_sr overlaps the two).
+   sequences from the batch as they accumulate (`_decode`). `launch` queues
+   a whole call on CUDA without waiting for the device (no early stop) and
+   returns a PendingSample, so the host can work while the device samples
+   (batched_neural_sr overlaps the two).
 
 The decoder is plain PyTorch reading the checkpoint's GPT-Neo weights, and
 reproduces Hugging Face's GPT-Neo exactly (tests compare the logits):
@@ -226,8 +227,7 @@ def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple
             result = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
                                                                             scale=1.0)
         return result[0], result[1]
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=1.0)
-    return out, lse
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=1.0)
 
 
 # --------------------------------------------------------------------------
@@ -483,7 +483,7 @@ class SharedPrefixSampler:
         self.act = _activation(config.activation_function)
         self.vocab_size = decoder.lm_head.weight.shape[0]
         self.check_every = max(1, int(check_every))
-        self.compact = bool(compact)  # eager early-stopping decode drops finished rows (_decode_compacting)
+        self.compact = bool(compact)  # eager early-stopping decode drops finished rows (_decode)
         self.compactions = 0  # times it did
         self.prefill_calls = 0  # prefills run (one per sample() call: the prompt is never re-encoded per sample)
 
@@ -628,12 +628,11 @@ class SharedPrefixSampler:
             masks = {False: ((causal[window, window] & key_ok) | diagonal[window, window])[:, None],
                      True: ((local[window, window] & key_ok) | diagonal[window, window])[:, None]}
             n = x.shape[0]
-            last = len(self.layers) - 1
-            for index, (layer, k_out, v_out) in enumerate(zip(self.layers, keys, values)):
+            for layer, k_out, v_out in zip(self.layers, keys, values):
                 h = self._layer_norm(x, layer["ln1"])
                 q, k, v = F.linear(h, layer["qkv"]).view(n, width, 3, H, hd).permute(2, 0, 3, 1, 4)
                 mask = masks[layer["local"]]
-                if index == last and not all_logits:
+                if layer is self.layers[-1] and not all_logits:
                     # Only the last position's output is used from here on (its logits): the last layer's
                     # attention and MLP run for that one query, not for every position.
                     q, mask, x = q[:, :, -1:], mask[:, :, -1:], x[:, -1:]
@@ -946,46 +945,43 @@ class SharedPrefixSampler:
         st.step.zero_()
         cuda = self.device.type == "cuda"
         stop = config.eos_id is not None and (early_stop if early_stop is not None else not cuda)
-        if stop and self.compact and runner.graph is None:  # eager steps can change shape
-            return PendingSample(self._decode_compacting(runner, config, T)[:B].cpu(), config.eos_id)
-        done = 1
-        while done < T:
-            if stop and (done - 1) % self.check_every == 0 and bool(st.finished.all()):
-                break
-            runner.step(self)
-            done += 1
+        tokens = self._decode(runner, config, T, stop)[:B]
         if not cuda:  # a copy: the runner's buffers are the next call's
-            return PendingSample(st.out[:B, :, :done].clone(), config.eos_id)
+            return PendingSample(tokens.clone(), config.eos_id)
         # The runner's buffers are reused by the next call of its shape, queued after this copy on the stream.
-        host = torch.empty((B, S, done), dtype=torch.long, pin_memory=True)
-        host.copy_(st.out[:B, :, :done], non_blocking=True)
+        host = torch.empty(tokens.shape, dtype=torch.long, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
         return PendingSample(host, config.eos_id, event)
 
-    def _decode_compacting(self, runner: _Runner, config: SamplingConfig, T: int) -> torch.Tensor:
-        """The decode loop with an early stop, dropping finished sequences as they accumulate: tokens (B, S, T').
+    def _decode(self, runner: _Runner, config: SamplingConfig, T: int, stop: bool) -> torch.Tensor:
+        """The decode steps after the first token: tokens (rows, S, T'), a view of the runner's buffer or a copy.
 
-        Every `check_every` steps, when the unfinished sequences would fit in
-        at most COMPACT_BELOW of the rows, the state is gathered down to the
-        problems that still have one, each keeping its unfinished samples
-        (padded with finished ones to the largest count), and decoding goes
-        on with that smaller batch: a call whose longest sample runs to the
-        token budget no longer computes every finished row until then. Each
-        sequence's computation is its own, so the tokens are the same.
+        With `stop`, every `check_every` steps: the loop ends once every
+        sequence is done (a look at the device's state, so it waits for it).
+        When the steps run eagerly (no graph: their shape may change), it also
+        drops finished sequences as they accumulate: once the unfinished ones
+        would fit in at most COMPACT_BELOW of the rows, the state is gathered
+        down to the problems that still have one, each keeping its unfinished
+        samples (padded with finished ones to the largest count), and decoding
+        goes on with that smaller batch, so a call whose longest sample runs to
+        the token budget no longer computes every finished row until then.
+        Each sequence's computation is its own, so the tokens are the same.
         """
+        compact = stop and self.compact and runner.graph is None
         st = runner.state
         out, rows = st.out, None  # rows: the (problem, sample) each row of `state` stands for; None = itself
         state, done = st, 1
         while done < T:
-            if (done - 1) % self.check_every == 0:
+            if stop and (done - 1) % self.check_every == 0:
                 active = ~state.finished
                 counts = active.sum(dim=1)
                 widest = int(counts.max())
                 if widest == 0:
                     break
-                kept = counts.nonzero().squeeze(1)
-                if kept.numel() * widest <= COMPACT_BELOW * active.numel():
+                kept = counts.nonzero().squeeze(1) if compact else None
+                if compact and kept.numel() * widest <= COMPACT_BELOW * active.numel():
                     if rows is None:
                         out = st.out.clone()  # the runner's buffer holds an earlier call's tokens past `done`
                         out[:, :, done:] = config.pad_id
@@ -1002,9 +998,8 @@ class SharedPrefixSampler:
             else:
                 self._step_fn(state, config)
             done += 1
-        if rows is None:
-            return st.out[:, :, :done].clone()  # a copy: the runner's buffers are the next call's
-        out[rows] = state.out
+        if rows is not None:
+            out[rows] = state.out
         return out[:, :, :done]
 
     def sample_tensor(self, prompt_ids: Sequence[Sequence[int]], n_samples: int = 19, max_new_tokens: int = 32,

@@ -184,9 +184,11 @@ def format_number(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
 def format_fitness(value: float) -> str:
     """A fitness as model text: float32-rounded, 3 significant digits; `<INVALID>` when not finite."""
     if -FLOAT32_MAX <= value <= FLOAT32_MAX:  # no overflow possible: no errstate (a few us per call)
-        return format_number(float(np.float32(value)))
-    with np.errstate(over="ignore"):  # beyond float32 is -inf, as a stored trace has it
-        return format_number(float(np.float32(value)))
+        rounded = np.float32(value)
+    else:
+        with np.errstate(over="ignore"):  # beyond float32 is -inf, as a stored trace has it
+            rounded = np.float32(value)
+    return format_number(float(rounded))
 
 
 # --------------------------------------------------------------------------

@@ -76,6 +76,13 @@ TOKENS_PER_NODE = 3  # a binary node prints as `(`, its symbol and `)`: a bound 
 MAX_OWNER_CACHE = 1 << 16
 
 
+def resolve_device(device=None):
+    """The torch device NeuralSR's model runs on: `device`, or when None cuda when available, else cpu."""
+    import torch
+
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def default_attention(device) -> str:
     """The sampler's attention mode by device: "fused" on the CPU (measured ~10% faster), "scores" on CUDA.
 
@@ -107,7 +114,7 @@ class ProposalRequest:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int | None = None  # None: the proposer's default
-    constrained: bool = False  # grammar-constrained decoding: every sample a well-formed expression of its search's symbols
+    constrained: bool = False  # grammar-constrained decoding: every sample well-formed, of its search's symbols
     max_nodes: int | None = None  # constrained: the largest expression (nodes) a sample may spell
 
 
@@ -202,7 +209,7 @@ class Proposer:
         self.mode = mode  # "one_step", "autoreg", or None when the checkpoint does not say
         self.context_type = context_type
         self.max_new_tokens = max_new_tokens  # None: each search bounds it by its own limits
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device).eval()  # the embedder of a PrefixLM runs from here
@@ -662,7 +669,8 @@ class NeuralSR(BasicSR):
         if self._owners_of is not population:  # built once per generation, only when a neural child needs it
             order = np.argsort(-np.asarray(fitnesses, dtype=np.float64), kind="stable").tolist()
             # The fittest holder of each subtree is written last, so it wins.
-            self._owners = owners = {subtree: slot for slot in reversed(order) for subtree in _subtrees(population[slot])}
+            self._owners = owners = {subtree: slot for slot in reversed(order)
+                                     for subtree in _subtrees(population[slot])}
             self._owners_of = population
         slot = owners.get(tree)  # a copy: the whole tree is the largest subtree
         if slot is not None:

@@ -258,12 +258,10 @@ def _default_output_dir() -> Path:
 
 
 def _neural_on_cpu(device: str | None) -> bool:
-    """Whether NeuralSR's model will run on the CPU (device given as cpu, or none given and no CUDA)."""
-    if device is not None:
-        return str(device).startswith("cpu")
-    import torch
+    """Whether NeuralSR's model will run on the CPU (neural_sr.resolve_device, as the Proposer decides)."""
+    from neural_sr import resolve_device
 
-    return not torch.cuda.is_available()
+    return resolve_device(device).type == "cpu"
 
 
 def main(argv=None) -> int:

@@ -525,7 +525,7 @@ def test_grammar_mask_rules():
     assert may(2, 2, 6) == {"("}
     assert may(1, 2, 4) == {")"} and may(1, 0, 2) == {"E"}
     assert may(1, 0, 10, nodes=24) == {"E"}  # no room for an operator and its operand
-    expect, depth, nodes = torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)
+    expect, depth, nodes = (torch.zeros(1, 3, dtype=torch.long) for _ in range(3))
     fs.grammar_advance(kinds, torch.tensor(fs._EXPECT_AFTER), torch.tensor([[4, 3, 1]]), expect, depth, nodes)
     assert expect.tolist() == [[0, 2, 1]] and depth.tolist() == [[1, 0, 0]] and nodes.tolist() == [[0, 1, 1]]
 
