@@ -297,6 +297,13 @@ def neural_options_from_args(args: argparse.Namespace) -> NeuralOptions:
                             getattr(args, "neural_time_limit", None), bool(getattr(args, "constrained", False)))
     if options.temperature < 0 or options.top_k < 0 or not 0 < options.top_p <= 1 or options.batch_size < 1:
         raise EvaluationInputError("need --temperature >= 0, --top_k >= 0, 0 < --top_p <= 1 and --batch_size >= 1")
+    if options.device is not None:
+        from neural_sr import resolve_device
+
+        try:
+            resolve_device(options.device)
+        except ValueError as error:
+            raise EvaluationInputError(f"--device: {error}") from None
     if options.time_limit is not None and options.time_limit <= 0:
         raise EvaluationInputError(f"--neural_time_limit must be > 0 seconds, got {options.time_limit:g}")
     options.resolved_checkpoint()

@@ -77,10 +77,18 @@ MAX_OWNER_CACHE = 1 << 16
 
 
 def resolve_device(device=None):
-    """The torch device NeuralSR's model runs on: `device`, or when None cuda when available, else cpu."""
+    """The torch device NeuralSR's model runs on: `device`, or when None cuda when available, else cpu.
+
+    ValueError (one line) for a text that names no torch device.
+    """
     import torch
 
-    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {str(device)!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
 
 
 def default_attention(device) -> str:

@@ -266,6 +266,19 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys, monkeypatch):
                    f"config.json, the weights and the tokenizer)"]
 
 
+def test_an_unknown_device_is_a_one_line_error(tiny_checkpoint, tmp_path, capsys):
+    import simple_evaluation
+
+    common = ["--checkpoint", str(tiny_checkpoint), "--problems", "quadratic", "--seeds", "1", "--num_generations",
+              "1", "--quiet", "--device", "gpu0"]
+    for main, extra in ((bns.main, []), (simple_evaluation.main, ["--methods", "neural", "--output_dir",
+                                                                  str(tmp_path / "eval")])):
+        assert main(common + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "device 'gpu0' is not a torch device" in err[0], err
+    assert not (tmp_path / "eval").exists()
+
+
 # --------------------------------------------------------------------------
 # NeuralSR
 
