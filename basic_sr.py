@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from itertools import accumulate
 from math import comb
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -720,8 +721,13 @@ def main(argv=None) -> int:
     params["verbose"] = not args.quiet
     try:
         model = BasicSR(**params)
+        if args.json:  # a bad path fails now, not after the search
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: --json {args.json}: cannot write there ({error.strerror})", file=sys.stderr)
         return 2
     model.fit(X, y)
     summary = model.summary()
@@ -730,8 +736,21 @@ def main(argv=None) -> int:
         summary["solved"] = problems.is_solved(model, problem)
     _print_summary(summary)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(summary, handle, indent=2)
+        return _write_json(summary, args, argv)
+    return 0
+
+
+def _write_json(summary: dict, args, argv) -> int:
+    """The summary with its provenance (command, parameters, code version, time), written atomically."""
+    import file_io  # CLI only, like problems
+
+    metadata = file_io.make_metadata(vars(args), args.seed, None if argv is None else ["basic_sr.py", *argv])
+    try:
+        with file_io.atomic_open(args.json, "w") as handle:
+            json.dump({**summary, "metadata": metadata}, handle, indent=2)
+    except OSError as error:
+        print(f"error: --json {args.json}: cannot write there ({error.strerror})", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -540,6 +540,8 @@ def run_conversion(conversion: Conversion, args, argv: list[str], script: str) -
         # tokenizer cannot represent is never published.
         statistics = {name: token_statistics(tokenizer, part.reservoir.items, conversion.texts)
                       for name, part in writer.parts.items()}
+        for path in paths.values():  # an earlier run's sidecar must never describe the new rows
+            sidecar_path(path).unlink(missing_ok=True)
     timing = {"convert": round(seconds, 3), "convert_cpu": round(cpu_seconds, 3),  # CPU: this process only
               "token_statistics": round(time.perf_counter() - started - seconds, 3)}
     if save_tokenizer:

@@ -64,7 +64,7 @@ import conversion_common as cc
 import file_io
 from basic_sr import BasicSR, check_data
 from file_io import DataFileError
-from generate_traces import VOLATILE_METADATA, file_sha256
+from generate_traces import VOLATILE_METADATA, file_sha256, write_run_log
 from parallel import parallel_map
 from progress import Progress
 from random_stream import derive_seed
@@ -285,8 +285,14 @@ def output_path(args) -> Path:
     return output
 
 
-def relabel_file(args) -> dict:
-    """The CLI body: load, relabel, write, print the summary; returns what the summary says."""
+RELABEL_LOG = ".relabel.log.json"  # beside the output: when and where it was relabelled, how long it took
+
+
+def relabel_file(args, argv=None) -> dict:
+    """The CLI body: load, relabel, write (and the `.log.json` beside it), print the summary.
+
+    Returns what the summary says. `argv` (script first) is the command recorded in the log.
+    """
     started = time.perf_counter()
     output = output_path(args)
     traces, metadata = cc.load_traces(args.input)
@@ -306,6 +312,9 @@ def relabel_file(args) -> dict:
     file_io.save(output, "traces", relabelled,
                  relabel_metadata(metadata, parameters, params, source, expressions, counts, len(relabelled)))
     seconds = time.perf_counter() - started
+    # Its own name: relabelling in place must not replace the log of the run that made the traces.
+    write_run_log(output, argv or ["dagger_relabel.py"], {"wall_seconds": seconds, "label_origins": dict(counts)},
+                  suffix=RELABEL_LOG)
     print(summary_line(relabelled, counts, seconds, output))
     return {"output": output, "n_traces": len(relabelled), "label_origins": dict(counts), "seconds": seconds}
 
@@ -321,9 +330,10 @@ def summary_line(traces: list[dict], counts: Counter, seconds: float, output) ->
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        relabel_file(args)
+        relabel_file(args, ["dagger_relabel.py", *argv])
     except (UsageError, DataFileError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -1095,8 +1095,6 @@ def hf_generate_reference(model, prompt_ids: Sequence[Sequence[int]], n_samples:
     device = next(decoder.parameters()).device
     ids, mask = left_pad(prompt_ids, pad_id)
     ids, mask = ids.to(device), mask.to(device).long()
-    if seed is not None:
-        torch.manual_seed(int(seed))
     sampling = temperature > 0
     config = GenerationConfig(
         max_new_tokens=int(max_new_tokens), do_sample=sampling, num_return_sequences=int(n_samples),
@@ -1107,7 +1105,11 @@ def hf_generate_reference(model, prompt_ids: Sequence[Sequence[int]], n_samples:
     if eos_id is None:
         # No EOS at all: a never-produced id keeps generate from borrowing the model's default eos_token_id.
         config.eos_token_id = decoder.config.vocab_size + 12345
-    sequences = decoder.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    # generate draws from torch's global generator: seeded inside a fork, so the caller's state is left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        sequences = decoder.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     new = sequences[:, ids.shape[1]:]
     if return_tensor:
         return new

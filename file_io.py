@@ -207,7 +207,9 @@ def atomic_open(path, mode: str = "wb", *, overwrite: bool = True):
     final rename stays on one filesystem and is atomic. It is fsynced before
     the rename and the folder after it, so the new file survives a crash. On
     any exception the temporary file is removed and `path` is left untouched.
-    `mode` is "wb" or "w" (UTF-8 text with "\\n" newlines).
+    `mode` is "wb" or "w" (UTF-8 text with "\\n" newlines). With
+    ``overwrite=False`` the file is published by a hard link, which fails if
+    `path` appeared meanwhile (another run finishing first keeps its file).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', not {mode!r}")
@@ -222,11 +224,28 @@ def atomic_open(path, mode: str = "wb", *, overwrite: bool = True):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, final)
+        if overwrite:
+            os.replace(temp, final)
+        else:
+            _publish_new(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(final.parent)
+
+
+def _publish_new(temp: Path, final: Path) -> None:
+    """Rename `temp` to `final` only if `final` does not exist, atomically (a hard link, then the unlink)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise FileExistsError(f"{final}: already exists (refusing to overwrite it)") from None
+    except OSError:  # a filesystem without hard links: the check and the rename are separate steps
+        if final.exists():
+            raise FileExistsError(f"{final}: already exists (refusing to overwrite it)") from None
+        os.replace(temp, final)
+        return
+    temp.unlink()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -345,6 +364,8 @@ def _unpickle(path):
             header = _SafeUnpickler(stream).load()
             if isinstance(header, dict) and "records" in header:  # the earlier single-pickle layout
                 records = header["records"]
+                if not isinstance(records, list):
+                    raise _Malformed(f"its records are a {type(records).__name__}, not a list")
             else:
                 count = header.get("n_records") if isinstance(header, dict) else None
                 if type(count) is not int or count < 0:
@@ -390,6 +411,9 @@ def _check_header(path, payload, expected) -> tuple:
         raise DataFileError(
             f"{path}: format version {version} is newer than this code supports ({supported})"
         )
+    if not isinstance(payload["metadata"], dict):
+        raise DataFileError(f"{path}: malformed header (metadata is a {type(payload['metadata']).__name__}, "
+                            "not a dict)")
     return kind, version
 
 

@@ -86,6 +86,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -724,16 +725,16 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise UsageError(f"{path}: already exists (use --overwrite to replace it)")
 
 
-def _write_log(path: Path, argv, log: dict) -> None:
-    """The run-to-run details kept out of the data file (see the module docstring)."""
+def write_run_log(path: Path, argv, log: dict, suffix: str = ".log.json") -> None:
+    """`<output>.log.json`: the run-to-run details (time, host, wall times) kept out of the data file."""
     entry = {
         "output": str(path),
-        "command": " ".join([Path(sys.executable).name, *argv]),
+        "command": shlex.join([Path(sys.executable).name, *argv]),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "hostname": socket.gethostname(),
         **log,
     }
-    with file_io.atomic_open(log_path(path), "w") as handle:
+    with file_io.atomic_open(sibling_path(path, suffix), "w") as handle:
         json.dump(entry, handle, indent=2)
         handle.write("\n")
 
@@ -788,7 +789,7 @@ def run_traces(args, argv, shard, selected, params, parameters, source, neural: 
     file_io.save_encoded(output, "traces", [t.data for t in traces], metadata, overwrite=args.overwrite)
     partial.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    _write_log(output, argv, {
+    write_run_log(output, argv, {
         "wall_seconds": seconds, "traces_per_second": len(todo) / seconds if seconds > 0 else None,
         "traces_computed": len(todo), "traces_resumed": resumed, **log,
         "shard": metadata["shard"], "fit_seconds_total": float(sum(fit_seconds)),
@@ -823,7 +824,7 @@ def merge_shard_files(args, argv, selected, params, parameters, source, neural: 
     metadata = build_metadata(parameters, params, source, traces, None, neural=neural)
     file_io.save_encoded(output, "traces", [t.data for t in traces], metadata, overwrite=args.overwrite)
     seconds = time.perf_counter() - started
-    _write_log(output, argv, {"merged_shards": count, "merge_seconds": seconds, "shard_logs": logs})
+    write_run_log(output, argv, {"merged_shards": count, "merge_seconds": seconds, "shard_logs": logs})
     print(_summary(traces, len(traces), seconds, output, prefix=f"merged {count} shards: "))
 
 

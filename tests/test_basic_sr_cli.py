@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -106,6 +107,18 @@ def test_problem_with_n_points_and_unary_operators(capsys, tmp_path):
     assert summary["params"]["binary_operators"] == ["+", "*"]
     assert summary["params"]["constants"] == [1.0, 2.0]
     assert summary["problem"] == "quadratic"
+    assert summary["metadata"]["command"].endswith("basic_sr.py --problem quadratic " + shlex.join(
+        ["--n_points", "30", "--data_seed", "3", "--unary_operators", "sin,cos", "--constants", "1.0,2.0",
+         "--binary_operators", "+,*", "--json", str(path), *FAST]))
+    assert {"code_version", "timestamp", "parameters"} <= summary["metadata"].keys()
+
+
+def test_json_in_an_unwritable_place_fails_before_the_search(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, out, err = _run_main(capsys, ["--problem", "quadratic", "--json", str(blocker / "out.json"), *FAST])
+    assert code == 2 and "--json" in _one_error_line(err) and "a_file" in err
+    assert "expression" not in out  # no search was run
 
 
 # --------------------------------------------------------------------------

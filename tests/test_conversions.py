@@ -446,6 +446,22 @@ def test_existing_output_is_not_replaced_without_overwrite(data, tmp_path, capsy
     assert output.read_bytes() != before
 
 
+def test_an_overwrite_that_dies_before_its_sidecars_leaves_no_stale_sidecar(data, tmp_path, monkeypatch):
+    """A sidecar means its dataset is complete: never the old run's sidecar beside the new rows."""
+    output = convert(one_step_conversion, tmp_path, data[1], "--split")
+    parts = cc.part_paths(output, split=True).values()
+    assert all(cc.sidecar_path(path).exists() for path in parts)
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cc, "write_sidecar", die)
+    with pytest.raises(KeyboardInterrupt):
+        run(one_step_conversion, "--input", data[1], "--output", output, "--quiet", "--split", "--seed", "1",
+            "--sample_fraction", "0.3", "--overwrite")
+    assert not any(cc.sidecar_path(path).exists() for path in parts)
+
+
 def test_another_tokenizer_in_the_output_folder_is_an_error(data, tmp_path, capsys):
     tk.save_tokenizer(tk.build_tokenizer(constants=(1.0, 2.5)), tmp_path / "tokenizer")
     assert run(one_step_conversion, "--input", data[1], "--output", tmp_path / "t.jsonl") == 2

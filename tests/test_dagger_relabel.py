@@ -219,6 +219,19 @@ def test_in_place_twice_gives_the_same_bytes_and_keeps_the_source(data, tmp_path
     assert metadata["dagger_relabel"]["source"]["sha256"] == original_sha
 
 
+def test_the_run_log_beside_the_file_keeps_the_traces_own_log(data, tmp_path):
+    """Time and host go to <output>.relabel.log.json (the data file stays byte-identical run to run)."""
+    copy = tmp_path / "learner.pkl.gz"
+    copy.write_bytes(data[1].read_bytes())
+    traces_log = gt.sibling_path(copy, ".log.json")
+    traces_log.write_text('{"made by": "generate_traces"}')
+    assert run("--input", copy, "--in_place", "--quiet", "--seed", "5") == 0
+    assert traces_log.read_text() == '{"made by": "generate_traces"}'
+    log = json.loads(gt.sibling_path(copy, dr.RELABEL_LOG).read_text())
+    assert log["command"].endswith(f"dagger_relabel.py --input {copy} --in_place --quiet --seed 5")
+    assert {"timestamp", "hostname", "wall_seconds"} <= log.keys() and sum(log["label_origins"].values()) > 0
+
+
 def test_output_refuses_to_overwrite_and_in_place_needs_the_flag(data, tmp_path, capsys):
     output = tmp_path / "out.pkl.gz"
     output.write_bytes(b"keep me")

@@ -120,9 +120,12 @@ def test_greedy_decoding_equals_hf_generate(model, tokenizer):
 
 def test_hf_reference_sampling_returns_the_same_layout(model):
     prompts = random_prompts((9, 14))
+    state = torch.random.get_rng_state()
     children = fs.hf_generate_reference(model, prompts, n_samples=5, max_new_tokens=6, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's global generator is left alone
     assert len(children) == 2 and all(len(problem) == 5 for problem in children)
     assert all(len(child) == 6 for problem in children for child in problem)
+    assert fs.hf_generate_reference(model, prompts, n_samples=5, max_new_tokens=6, seed=0) == children
 
 
 # --------------------------------------------------------------------------

@@ -433,3 +433,28 @@ def test_save_wants_a_list_of_records(tmp_path):
     with pytest.raises(TypeError, match="records must be a list"):
         save(tmp_path / "x.pkl.gz", "traces", {"a": 1}, {})
     assert not (tmp_path / "x.pkl.gz").exists()
+
+
+def test_a_header_whose_metadata_is_not_a_dict_is_refused(tmp_path):
+    path = tmp_path / "badmeta.pkl.gz"
+    path.write_bytes(file_io.encode_record({"format": "ttsr", "kind": "traces", "version": 1, "metadata": ["x"],
+                                            "n_records": 0}))
+    with pytest.raises(DataFileError, match="metadata is a list"):
+        load(path)
+
+
+def test_single_pickle_layout_with_records_not_a_list_is_refused(tmp_path):
+    path = tmp_path / "old.pkl.gz"
+    _write_raw(path, {**_envelope([]), "records": "not records"})
+    with pytest.raises(DataFileError, match="records are a str"):
+        load(path)
+
+
+def test_overwrite_false_keeps_a_file_that_appears_while_writing(tmp_path):
+    path = tmp_path / "out.json"
+    with pytest.raises(FileExistsError, match="out.json"):
+        with file_io.atomic_open(path, "w", overwrite=False) as handle:
+            path.write_text("the other run's")  # another run finishes first
+            handle.write("ours")
+    assert path.read_text() == "the other run's"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
