@@ -367,7 +367,6 @@ class DatasetWriter:
             else:
                 validation = is_validation(self.seed, expression_id, self.val_fraction)
                 part = self.parts["val" if validation else "train"]
-            part.expression_ids.add(expression_id)
             self._part_of[expression_id] = part
         return part
 
@@ -380,6 +379,8 @@ class DatasetWriter:
             write(line + "\n")
             offer(line)
             count += 1
+        if count > part.examples:  # an expression counts where it has examples
+            part.expression_ids.add(expression_id)
         part.examples = count
 
 

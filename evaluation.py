@@ -40,7 +40,11 @@ Run record (a dict; `save_report` writes it as JSON, non-finite floats as null):
                            NeuralSR report them: restarts also score the elite's
                            neighbours); else population_size * (generations_to_solve + 1)
     seconds                wall time of the fit; seconds_per_generation = seconds
-                           / max(1, generations)
+                           / max(1, generations). Runs batched together
+                           (simple_evaluation's NeuralSR) share one wall time:
+                           each gets the share of its generations
+                           (`share_batch_wall`), and its own start-to-finish
+                           time is latency_seconds
     best_mse_history       best MSE per generation (index = generation), null
                            when the method does not expose it (Operon)
     neural runs also:      well_formed_rate, n_proposals, n_neural, n_fallback,
@@ -358,6 +362,24 @@ def make_record(method: str, task: Task, seed: int, *, expression: tuple | None,
     }
     record.update(extra)
     return record
+
+
+def share_batch_wall(records: list[dict], wall: float) -> list[dict]:
+    """Records of runs fitted together in one batched call, each charged its share of the call's `wall` seconds.
+
+    A run's share is proportional to its generations (a problem-generation is
+    the unit a batched step serves), so the shares add up to `wall`: mean
+    seconds per run and seconds per generation then measure cost, as they do
+    for runs fitted one per core. The run's own start-to-finish time (which
+    overlaps the others') is kept as latency_seconds.
+    """
+    generations = [max(1, record["generations"]) for record in records]
+    total = sum(generations)
+    for record, count in zip(records, generations):
+        record["latency_seconds"] = record["seconds"]
+        record["seconds"] = float(wall) * count / total
+        record["seconds_per_generation"] = record["seconds"] / count
+    return records
 
 
 def model_record(method: str, task: Task, seed: int, model: BasicSR) -> dict:

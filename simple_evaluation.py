@@ -39,7 +39,7 @@ import peers
 from evaluation import (Budget, EvaluationInputError, NeuralOptions, Task, add_budget_arguments,
                         add_neural_arguments, aggregate, budget_from_args, model_record,
                         neural_options_from_args, parse_seeds, require_neural_module, resolve_tasks, run_basic,
-                        save_report, warm_up)
+                        save_report, share_batch_wall, warm_up)
 from evaluation_report import markdown_report, plot_best_mse, results_table
 from progress import Progress
 
@@ -118,7 +118,8 @@ def run_neural(plan: Plan, progress: bool) -> tuple[list[dict], float]:
     models = searcher.fit_many([task.data(seed) for task, seed in pairs], [seed for _, seed in pairs],
                                progress=progress)
     wall = time.perf_counter() - start
-    return [model_record("neural", task, seed, model) for (task, seed), model in zip(pairs, models)], wall
+    records = [model_record("neural", task, seed, model) for (task, seed), model in zip(pairs, models)]
+    return share_batch_wall(records, wall), wall
 
 
 def run_evaluation(plan: Plan, workers: int = 1, progress: bool = True) -> dict:

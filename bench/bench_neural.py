@@ -382,24 +382,29 @@ def one_core():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the sampler runs (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default=None,
                         help="default bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--sizes", default="1,64,256", help="numbers of problems B")
     parser.add_argument("--big", action="store_true", help="also B = 4096 (sampler modes only; HF skipped)")
-    parser.add_argument("--prompt_len", type=int, default=400)
-    parser.add_argument("--prompt_jitter", type=int, default=0)
-    parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS)
+    parser.add_argument("--prompt_len", type=int, default=400, help="tokens per synthetic prompt")
+    parser.add_argument("--prompt_jitter", type=int, default=0,
+                        help="J > 0: prompt lengths drawn from [prompt_len - J, prompt_len] (left padding)")
+    parser.add_argument("--new_tokens", type=int, default=NEW_TOKENS, help="tokens sampled per proposal (no EOS)")
     parser.add_argument("--modes", default="hf,eager,cuda_graphs,torch_compile,eager:fused,cuda_graphs:fused",
                         help="methods; MODE:fused = the sampler with attention 'fused' (flash attention over the prompt)")
     parser.add_argument("--compile_sizes", default="256", help="sizes at which torch_compile runs")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--hf_repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each method's timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per sampler method and size (the median is reported)")
+    parser.add_argument("--hf_repeats", type=int, default=2, help="timed calls of HF generate per size")
     parser.add_argument("--hf_max_rows", type=int, default=4864, help="skip HF above B * 19 rows (default B = 256)")
-    parser.add_argument("--neural_b", type=int, default=256)
-    parser.add_argument("--basic_generations", type=int, default=1000)
-    parser.add_argument("--skip_basic", action="store_true")
+    parser.add_argument("--neural_b", type=int, default=256,
+                        help="problems in the end-to-end NeuralSR step and the kernel profile")
+    parser.add_argument("--basic_generations", type=int, default=1000,
+                        help="generations of the BasicSR reference runs (one core) per problem")
+    parser.add_argument("--skip_basic", action="store_true",
+                        help="skip the BasicSR reference and the end-to-end step (sampler throughput only)")
     parser.add_argument("--budget_s", type=float, default=200.0, help="skip remaining GPU measurements after this")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, small sizes: seconds")
     parser.add_argument("--json", default=None, help="write the results here")

@@ -176,6 +176,10 @@ def test_sample_fraction_is_seeded_per_expression(data, traces, tmp_path):
     alone = [row for trace in traces[::-1] for row in one_step_conversion.one_step_examples(trace, context, options)]
     key = lambda r: (r["expression_id"], r["metadata"]["generation"], r["metadata"]["target_index"])
     assert sorted(map(key, alone)) == sorted(map(key, rows_of(first)))
+    # An expression whose rows are all sampled out is not counted as one the data holds.
+    sparse = convert(one_step_conversion, tmp_path, data[1], "--sample_fraction", "0.002", name="d.jsonl")
+    held = {row["expression_id"] for row in rows_of(sparse)}
+    assert len(held) < len(traces) and sidecar(sparse)["counts"]["expressions"] == len(held)
 
 
 def test_split_is_disjoint_by_expression_and_the_same_for_every_conversion(data, tmp_path):
