@@ -97,6 +97,14 @@ class DataFileError(ValueError):
     """
 
 
+class OutputError(OSError):
+    """An output path cannot be written (a folder, a device, under a file, not writable, an input).
+
+    The message is one line and always starts with the final path (never a
+    temporary file's); `exit_on_data_error` prints it as one ``error:`` line.
+    """
+
+
 @dataclass(frozen=True)
 class LoadedFile:
     """The contents of a data file, as returned by `load`."""
@@ -210,28 +218,128 @@ def atomic_open(path, mode: str = "wb", *, overwrite: bool = True):
     `mode` is "wb" or "w" (UTF-8 text with "\\n" newlines). With
     ``overwrite=False`` the file is published by a hard link, which fails if
     `path` appeared meanwhile (another run finishing first keeps its file).
+
+    A `path` that exists but is not a regular file (a folder, a FIFO, a
+    device) is never replaced, and a folder that cannot hold the file is
+    refused: both raise OutputError naming `path` (see `check_writable`).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open mode must be 'wb' or 'w', not {mode!r}")
     final = Path(path)
     if not overwrite and final.exists():
         raise FileExistsError(f"{path}: already exists (refusing to overwrite it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_non_regular(final)
+    _make_folder(final)
     temp = final.with_name(f".{final.name}.tmp.{os.getpid()}")
     text_options = {} if mode == "wb" else {"encoding": "utf-8", "newline": "\n"}
     try:
-        with open(temp, mode, **text_options) as handle:
+        handle = open(temp, mode, **text_options)
+    except OSError as exc:
+        raise _output_error(final, exc) from None
+    try:
+        with handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, final)
-        else:
-            _publish_new(temp, final)
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                raise _output_error(final, exc) from None
+        _refuse_non_regular(final)  # it may have appeared while the block ran
+        try:
+            if overwrite:
+                os.replace(temp, final)
+            else:
+                _publish_new(temp, final)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise _output_error(final, exc) from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(final.parent)
+
+
+def check_writable(path) -> Path:
+    """Check up front that `atomic_open(path)` can write there; return `path` as a Path.
+
+    Creates the folder (as atomic_open would), then creates and removes a
+    probe file in it, so a folder that is really not writable (read-only
+    filesystem, permissions) is found before the long work. OutputError (one
+    line naming `path`) when `path` is a folder or other non-regular file, its
+    folder cannot be made (a file is in the way) or is not writable.
+    """
+    final = Path(path)
+    _refuse_non_regular(final)
+    _make_folder(final)
+    probe = final.with_name(f".{final.name}.probe.{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise _output_error(final, exc) from None
+    probe.unlink(missing_ok=True)
+    return final
+
+
+def refuse_input_as_output(output, inputs) -> None:
+    """OutputError when `output` is one of the `inputs` (None entries skipped).
+
+    Paths are compared resolved (symlinks and '..' count), and as the same
+    file on disk (hard links count), so writing the output never replaces
+    an input.
+    """
+    output = Path(output)
+    for item in inputs:
+        if item is not None and same_file(output, item):
+            raise OutputError(f"{output}: is the input file {item}; choose another output path")
+
+
+def same_file(first, second) -> bool:
+    """Whether two paths name the same file: equal once resolved, or the same inode."""
+    first, second = Path(first), Path(second)
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _refuse_non_regular(final: Path) -> None:
+    """OutputError when `final` exists and is not a regular file (it would be replaced by a rename)."""
+    try:
+        info = os.stat(final)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise OutputError(f"{final}: cannot be written (a file is in the way of its folder)") from None
+    except OSError as exc:
+        raise _output_error(final, exc) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise OutputError(f"{final}: is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"{final}: exists and is not a regular file (refusing to replace it)")
+
+
+def _make_folder(final: Path) -> None:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{final}: cannot be written (a file is in the way of its folder)") from None
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot create its folder ({exc.strerror or _one_line(exc)})") from None
+
+
+def _output_error(final: Path, exc: OSError) -> OutputError:
+    """`exc` (about a temporary file, say) as a one-line OutputError naming the final path."""
+    if isinstance(exc, OutputError):
+        return exc
+    if isinstance(exc, IsADirectoryError):
+        return OutputError(f"{final}: is a folder, not a file")
+    if isinstance(exc, NotADirectoryError):
+        return OutputError(f"{final}: cannot be written (a file is in the way of its folder)")
+    reason = exc.strerror or _one_line(exc)
+    return OutputError(f"{final}: cannot be written ({reason})")
 
 
 def _publish_new(temp: Path, final: Path) -> None:
@@ -478,11 +586,13 @@ def exit_on_data_error():
     """Turn data-file errors into one "error: ..." line and exit status 2.
 
     Use as ``with exit_on_data_error():`` or as a decorator on a CLI main:
-    ``@exit_on_data_error()``. Other exceptions keep their traceback.
+    ``@exit_on_data_error()``. Output paths that cannot be written
+    (OutputError, from atomic_open or check_writable) are reported the same
+    way. Other exceptions keep their traceback.
     """
     try:
         yield
-    except (DataFileError, FileNotFoundError, FileExistsError) as exc:
+    except (DataFileError, OutputError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
 

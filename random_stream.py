@@ -23,10 +23,22 @@ _BLOCK = 4096
 
 
 def derive_seed(master_seed: int | None, *item_ids: int) -> int:
-    """A 63-bit seed for one work item, from the master seed and the item's ids."""
-    entropy = [0 if master_seed is None else int(master_seed), *map(int, item_ids)]
+    """A 63-bit seed for one work item, from the master seed and the item's ids.
+
+    Seeds and ids must be non-negative integers: a ValueError naming the bad
+    value otherwise ("seed -1: must be a non-negative integer").
+    """
+    entropy = [0 if master_seed is None else _non_negative(master_seed, "seed"),
+               *(_non_negative(item, "item id") for item in item_ids)]
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
+
+
+def _non_negative(value, name: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{name} {value}: must be a non-negative integer")
+    return number
 
 
 def make_generator(seed: int | None, *item_ids: int) -> np.random.Generator:

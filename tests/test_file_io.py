@@ -458,3 +458,98 @@ def test_overwrite_false_keeps_a_file_that_appears_while_writing(tmp_path):
             handle.write("ours")
     assert path.read_text() == "the other run's"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+# --- outputs that must not be written ------------------------------------------
+
+def test_atomic_open_refuses_a_fifo_and_leaves_it(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(file_io.OutputError, match=f"{fifo}: exists and is not a regular file"):
+        with file_io.atomic_open(fifo, "w") as handle:
+            handle.write("data")
+    assert fifo.is_fifo()
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("folder", "is a folder, not a file"),
+    ("file/out.json", "cannot be written (a file is in the way of its folder)"),
+    ("file/deeper/out.json", "cannot be written (a file is in the way of its folder)"),
+])
+def test_atomic_open_and_check_writable_name_the_final_path(tmp_path, target, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep")
+    path = tmp_path / target
+    with pytest.raises(file_io.OutputError) as info:
+        file_io.check_writable(path)
+    assert str(info.value) == f"{path}: {message}"
+    with pytest.raises(file_io.OutputError) as info:
+        with file_io.atomic_open(path, "w") as handle:
+            handle.write("data")
+    assert str(info.value).startswith(f"{path}: ") and ".tmp." not in str(info.value)
+    assert (tmp_path / "file").read_text() == "keep" and (tmp_path / "folder").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_a_failed_rename_is_reported_with_the_final_path(tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied", str(source))
+    monkeypatch.setattr(file_io.os, "replace", refuse)
+    path = tmp_path / "out.json"
+    with pytest.raises(file_io.OutputError) as info:
+        with file_io.atomic_open(path, "w") as handle:
+            handle.write("x")
+    assert str(info.value) == f"{path}: cannot be written (Permission denied)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_makes_the_folder_and_leaves_no_probe(tmp_path):
+    path = tmp_path / "new" / "out.pkl.gz"
+    assert file_io.check_writable(path) == path
+    assert path.parent.is_dir() and list(path.parent.iterdir()) == []
+
+
+def test_check_writable_finds_a_folder_it_cannot_write(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(file_io.os, "open", read_only)
+    with pytest.raises(file_io.OutputError, match=f"{tmp_path / 'out.json'}: cannot be written \\(Read-only"):
+        file_io.check_writable(tmp_path / "out.json")
+
+
+def test_exit_helper_reports_an_unwritable_output_in_one_line(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        with file_io.exit_on_data_error():
+            save(tmp_path / "folder", "traces", [], {})
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'folder'}: is a folder, not a file\n"
+
+
+def test_refuse_input_as_output_sees_through_links_and_dots(tmp_path):
+    source = tmp_path / "in.pkl.gz"
+    source.write_text("input")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pkl.gz").symlink_to(source)
+    os.link(source, tmp_path / "hard.pkl.gz")
+    for output in (source, tmp_path / "sub" / ".." / "in.pkl.gz", tmp_path / "link.pkl.gz", tmp_path / "hard.pkl.gz"):
+        with pytest.raises(file_io.OutputError, match="is the input file"):
+            file_io.refuse_input_as_output(output, [None, source])
+    file_io.refuse_input_as_output(tmp_path / "other.pkl.gz", [source, None])
+    assert source.read_text() == "input"
+
+
+@pytest.mark.parametrize("seed, ids, message", [(-1, (), "seed -1: must be a non-negative integer"),
+                                                (3, (0, -5), "item id -5: must be a non-negative integer")])
+def test_derive_seed_names_a_negative_seed(seed, ids, message):
+    from random_stream import derive_seed, make_generator
+    with pytest.raises(ValueError, match=message):
+        derive_seed(seed, *ids)
+    with pytest.raises(ValueError, match=message):
+        make_generator(seed, *ids)
