@@ -84,6 +84,7 @@ import datetime
 import functools
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import shlex
@@ -717,7 +718,26 @@ def _check_args(args) -> tuple[int, int] | None:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.max_expressions is not None and args.max_expressions < 1:
         raise UsageError(f"--max_expressions must be at least 1, got {args.max_expressions}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint_every must be at least 0 (0: time-based only), got {args.checkpoint_every}")
+    if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
+        raise UsageError(f"--checkpoint_seconds must be a finite number at least 0, got {args.checkpoint_seconds}")
     return shard
+
+
+def check_outputs(args, shard) -> None:
+    """Before any work: the output, its partial file and log are not the expressions file, and can be written.
+
+    OutputError (one line naming the path) otherwise.
+    """
+    output = output_path(args)
+    if shard:
+        output = shard_path(output, *shard)
+    for path in (output, partial_path(output), log_path(output)):
+        file_io.refuse_input_as_output(path, [args.expressions_file])
+        file_io.check_writable(path)
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -842,6 +862,7 @@ def main(argv=None) -> int:
     try:
         with file_io.exit_on_data_error():
             shard = _check_args(args)
+            check_outputs(args, shard)
             records, expressions_metadata = load_expression_records(args.expressions_file)
             params = resolve_basic_sr_params(args, expressions_metadata)
             parameters = recorded_parameters(args, params)

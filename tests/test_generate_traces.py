@@ -307,3 +307,39 @@ def test_unusable_options_exit_2(flags, expressions_file, tmp_path, capsys):
         assert "checkpoint ckpt: not found" in line
     if "--batch_size" in flags:
         assert "--batch_size needs --checkpoint" in line
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--seed", "-1"], "--seed"), (["--checkpoint_seconds", "nan"], "--checkpoint_seconds"),
+    (["--checkpoint_seconds", "inf"], "--checkpoint_seconds"), (["--checkpoint_seconds", "-1"], "--checkpoint_seconds"),
+    (["--checkpoint_every", "-1"], "--checkpoint_every"),
+])
+def test_bad_seed_and_checkpoint_intervals_exit_2_naming_the_flag(flags, named, expressions_file, tmp_path, capsys):
+    output = tmp_path / "o.pkl.gz"
+    assert run_cli("--expressions_file", expressions_file, *FAST, *flags, "--output", output) == 2
+    line = one_error_line(capsys)
+    assert named in line and flags[1] in line
+    assert not output.exists()
+
+
+def test_output_that_is_the_expressions_file_is_refused(tmp_path, capsys):
+    source = save_expressions(tmp_path / "e.pkl.gz", make_records(2))
+    before = source.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pkl.gz").symlink_to(source)
+    for output in (source, tmp_path / "sub" / ".." / "e.pkl.gz", tmp_path / "link.pkl.gz"):
+        assert run_cli("--expressions_file", source, *FAST, "--output", output, "--overwrite") == 2
+        assert "is the input file" in one_error_line(capsys)
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_unwritable_output_fails_before_tracing_in_one_line(where, expressions_file, tmp_path, capsys, monkeypatch):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep")
+    output = tmp_path / ("folder" if where == "folder" else "file/out.pkl.gz")
+    monkeypatch.setattr(gt, "iter_traces", lambda *a, **k: pytest.fail("traced before checking the output"))
+    assert run_cli("--expressions_file", expressions_file, *FAST, "--output", output, "--overwrite") == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {output}: ") and ".tmp." not in line
+    assert (tmp_path / "file").read_text() == "keep"
