@@ -114,7 +114,7 @@ def convert(args, argv: list[str]) -> dict:
     """The CLI body: check options, load, convert, write (see conversion_common.run_conversion)."""
     cc.check_common_arguments(args)
     args.output = args.output or cc.default_output("autoreg", [args.context_type], args.input)
-    cc.refuse_existing(cc.part_paths(args.output, args.split), args.overwrite)
+    cc.check_outputs(args)
     data = cc.load_trace_input(args.input, args.context_type, args.expressions_file)
     options = AutoregOptions(args.keep_elite_copies, args.sample_fraction, args.seed)
     source = str(args.input)

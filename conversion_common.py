@@ -321,6 +321,25 @@ def refuse_existing(paths: dict, overwrite: bool) -> None:
                 raise UsageError(f"{candidate}: already exists (use --overwrite to replace it)")
 
 
+def check_outputs(args) -> dict[str | None, Path]:
+    """Before loading anything: the output files and sidecars of --output are not an input file, are new
+    (or --overwrite is given) and can be written. Returns part_paths.
+
+    UsageError for an existing file without --overwrite; file_io.OutputError (one line naming the
+    path) for an input file, a folder, a file in the way or a folder that cannot be written.
+    """
+    paths = part_paths(args.output, args.split)
+    inputs = [args.input, args.expressions_file]
+    for path in paths.values():
+        for candidate in (path, sidecar_path(path)):
+            file_io.refuse_input_as_output(candidate, inputs)
+    refuse_existing(paths, args.overwrite)
+    for path in paths.values():
+        for candidate in (path, sidecar_path(path)):
+            file_io.check_writable(candidate)
+    return paths
+
+
 json_line = json.JSONEncoder(ensure_ascii=False).encode  # a row as one JSONL line (json.dumps bytes)
 quote = encode_basestring  # a str as a JSON string literal, as json_line writes it
 
@@ -525,6 +544,9 @@ def run_conversion(conversion: Conversion, args, argv: list[str], script: str) -
     token statistics; cpu_seconds is this process's CPU time over the same span.
     """
     paths = part_paths(args.output, args.split)
+    for path in paths.values():  # the expressions file a traces file names is known only now
+        for candidate in (path, sidecar_path(path)):
+            file_io.refuse_input_as_output(candidate, [source["path"] for source in conversion.sources])
     tokenizer = dataset_tokenizer(conversion.max_vars, conversion.constants)
     folder = tokenizer_folder(args)
     save_tokenizer = check_tokenizer_folder(tokenizer, folder)  # fail before the work, not after
@@ -619,6 +641,8 @@ def check_common_arguments(args) -> None:
         raise UsageError(f"--sample_fraction must be in (0, 1], got {args.sample_fraction}")
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.val_fraction is not None and not args.split:
         raise UsageError("--val_fraction needs --split")
     if args.split:

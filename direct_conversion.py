@@ -134,7 +134,7 @@ def convert(args, argv: list[str]) -> dict:
     if args.max_points < 0:
         raise cc.UsageError(f"--max_points must be at least 0, got {args.max_points}")
     args.output = args.output or cc.default_output("direct", ["inline" if args.inline_data else ""], args.input)
-    cc.refuse_existing(cc.part_paths(args.output, args.split), args.overwrite)
+    cc.check_outputs(args)
     records, expressions_path, sources, metadata = load_direct_input(args.input, args.expressions_file)
     options = DirectOptions(args.inline_data, args.max_points, args.sample_fraction, args.seed)
     source = str(args.input)

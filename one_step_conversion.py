@@ -286,7 +286,7 @@ def convert(args, argv: list[str]) -> dict:
         raise cc.UsageError("--dagger and --ancestors_only exclude each other "
                             "(the ancestry belongs to the learner's run, not to the expert's labels)")
     args.output = args.output or cc.default_output("onestep", [args.context_type, variant_name(args)], args.input)
-    cc.refuse_existing(cc.part_paths(args.output, args.split), args.overwrite)
+    cc.check_outputs(args)
     data = cc.load_trace_input(args.input, args.context_type, args.expressions_file)
     if args.dagger and not any("dagger_expressions" in trace for trace in data.traces):
         raise DataFileError(f"{args.input}: no trace carries DAgger labels (dagger_expressions); "

@@ -522,3 +522,48 @@ def test_shell_run_and_inspect_dataset_describes_the_output(data, tmp_path, caps
     with pytest.raises(SystemExit) as exit:
         inspect_dataset.main([str(train)])
     assert exit.value.code == 2 and f"{train}:3: not valid JSON" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("module", [one_step_conversion, autoreg_conversion, direct_conversion])
+def test_output_that_is_an_input_file_is_refused(module, data, tmp_path, capsys):
+    expressions, traces = data
+    copy = shutil.copy(traces, tmp_path / "t.pkl.gz")
+    before = Path(copy).read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pkl.gz").symlink_to(copy)
+    for output in (copy, tmp_path / "sub" / ".." / "t.pkl.gz", tmp_path / "link.pkl.gz"):
+        assert run(module, "--input", copy, "--output", output, "--overwrite", "--quiet") == 2
+        assert "is the input file" in one_error_line(capsys)
+    assert Path(copy).read_bytes() == before
+    expressions_copy = shutil.copy(expressions, tmp_path / "e.pkl.gz")
+    assert run(module, "--input", copy, "--expressions_file", expressions_copy, "--output", expressions_copy,
+               "--overwrite", "--quiet") == 2
+    assert "is the input file" in one_error_line(capsys)
+    assert Path(expressions_copy).read_bytes() == Path(expressions).read_bytes()
+
+
+def test_output_that_is_the_expressions_file_the_traces_name_is_refused(data, tmp_path, capsys):
+    expressions, traces = data
+    before = expressions.read_bytes()
+    assert run(direct_conversion, "--input", traces, "--output", expressions, "--overwrite", "--quiet") == 2
+    assert "is the input file" in one_error_line(capsys)
+    assert expressions.read_bytes() == before
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_unwritable_output_fails_before_converting_in_one_line(where, data, tmp_path, capsys, monkeypatch):
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "file").write_text("keep")
+    output = tmp_path / ("folder.jsonl" if where == "folder" else "file/out.jsonl")
+    monkeypatch.setattr(cc, "load_trace_input", lambda *a, **k: pytest.fail("loaded before checking the output"))
+    assert run(one_step_conversion, "--input", data[1], "--output", output, "--overwrite", "--quiet") == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {output}: ") and ".tmp." not in line
+    assert (tmp_path / "file").read_text() == "keep" and (tmp_path / "folder.jsonl").is_dir()
+
+
+@pytest.mark.parametrize("module", [one_step_conversion, autoreg_conversion, direct_conversion])
+def test_negative_seed_exits_2_naming_it(module, data, tmp_path, capsys):
+    assert run(module, "--input", data[1], "--output", tmp_path / "o.jsonl", "--seed", "-1", "--quiet") == 2
+    assert "--seed" in one_error_line(capsys)
+    assert not (tmp_path / "o.jsonl").exists()
