@@ -99,6 +99,9 @@ REJECTION_REASONS = ("benchmark", "non_finite", "division_by_zero", "too_few_poi
 MAX_POINTS = 200
 POINTS_PER_VARIABLE = 5  # n_points >= min(5 d, MAX_POINTS)
 MIN_POINTS = 5
+# The largest input dimension: 5 points per variable still fit in MAX_POINTS.
+# (Above it the run slows to a crawl: d >= 1000 never produced a file.)
+MAX_VARS = MAX_POINTS // POINTS_PER_VARIABLE
 MAX_CLUSTERS = 9
 SCALE_RANGE = (0.1, 1.0)
 CONSTANT_RANGE_TOLERANCE = 1e-6  # y is constant when its range is below this relative to max|y|
@@ -139,7 +142,10 @@ class ExpressionParams:
         if not all(math.isfinite(c) for c in self.constants):
             raise ValueError(f"constants must be finite, got {self.constants}")
         _check(self.complexity > 0, f"complexity must be positive, got {self.complexity}")
+        _check(math.isfinite(self.complexity), f"complexity must be finite, got {self.complexity}")
         _check(self.max_vars >= 1, f"max_vars must be at least 1, got {self.max_vars}")
+        _check(self.max_vars <= MAX_VARS, f"max_vars must be at most {MAX_VARS} ({POINTS_PER_VARIABLE} points per "
+                                          f"variable within {MAX_POINTS} points), got {self.max_vars}")
         _check(self.n_binary_ops is None or self.n_binary_ops >= 0,
                f"n_binary_ops must be at least 0, got {self.n_binary_ops}")
         _check(self.n_points is None or self.n_points >= MIN_POINTS,
@@ -514,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--unary_ops", default="", help="comma-separated unary operators (default: none)")
     add("--complexity", type=float, default=0.5,
         help="c: up to s + s*d - 1 binary operators with s = max(1, round(4c))")
-    add("--max_vars", type=int, default=10, help="largest input dimension d (d ~ U{1..max_vars})")
+    add("--max_vars", type=int, default=10, help=f"largest input dimension d (d ~ U{{1..max_vars}}), "
+                                                 f"at most {MAX_VARS}")
     add("--n_binary_ops", type=int, default=None, help="fix the number of binary operators")
     add("--constants", default="1.0", help="comma-separated leaf constants ('' for none)")
     add("--constant_prob", type=float, default=0.2, help="probability that a free leaf is a constant")
@@ -558,6 +565,9 @@ def _print_demo(params: ExpressionParams, seed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check(math.isfinite(args.complexity), f"--complexity must be a finite number, got {args.complexity}")
+        _check(1 <= args.max_vars <= MAX_VARS, f"--max_vars must be in 1..{MAX_VARS}, got {args.max_vars}")
+        _check(args.seed >= 0, f"--seed must be a non-negative integer, got {args.seed}")
         params = params_from_args(args)
         _check(args.n_expressions >= 1, f"--n_expressions must be at least 1, got {args.n_expressions}")
         _check(args.workers >= 1, f"--workers must be at least 1, got {args.workers}")
@@ -571,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.output) if args.output else Path(args.output_dir) / name
     if path.exists() and not args.overwrite:
         _fail(f"{path}: already exists (use --overwrite to replace it)")
+    with file_io.exit_on_data_error():
+        file_io.check_writable(path)  # a bad output path fails now, not after the generation
     command = sys.argv if argv is None else ["generate_expressions.py", *argv]
     try:
         records, metadata = generate_expressions(

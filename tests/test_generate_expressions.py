@@ -333,3 +333,44 @@ def test_many_workers_finish_and_match_one_worker():
     assert result.returncode == 0, result.stderr
     records, _ = generate_expressions(300, workers=1)
     assert result.stdout.split(None, 1) == ["300", records[-1]["expression"] + "\n"]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--complexity", "inf"], "--complexity"), (["--complexity", "nan"], "complexity"),
+    (["--max_vars", "1000"], "--max_vars"), (["--max_vars", str(ge.MAX_VARS + 1)], "--max_vars"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_unusable_values_exit_2_naming_the_flag(flags, named, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ge.main(["--n_expressions", "3", *flags, "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and named in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_params_refuse_infinite_complexity_and_too_many_variables():
+    with pytest.raises(ValueError, match="complexity must be finite"):
+        ge.ExpressionParams(complexity=math.inf)
+    with pytest.raises(ValueError, match=f"max_vars must be at most {ge.MAX_VARS}"):
+        ge.ExpressionParams(max_vars=ge.MAX_VARS + 1)
+    assert ge.ExpressionParams(max_vars=ge.MAX_VARS).max_vars == ge.MAX_VARS
+
+
+def test_a_negative_seed_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="seed -1: must be a non-negative integer"):
+        ge.generate_expressions(2, ge.ExpressionParams(), seed=-1, argv=[])
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_unwritable_output_fails_before_generating_in_one_line(where, tmp_path, capsys, monkeypatch):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep")
+    output = tmp_path / ("folder" if where == "folder" else "file/out.pkl.gz")
+    monkeypatch.setattr(ge, "generate_expressions", lambda *a, **k: pytest.fail("generated before checking"))
+    with pytest.raises(SystemExit) as exit_info:
+        ge.main(["--n_expressions", "3", "--output", str(output), "--overwrite"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {output}: ") and error.count("\n") == 1 and ".tmp." not in error
+    assert (tmp_path / "file").read_text() == "keep" and (tmp_path / "folder").is_dir()
