@@ -25,8 +25,10 @@ KV cache); then
 
 Summary: accuracy, mean_r2 (all examples, as above), mean_r2_well_formed
 (well-formed ones only), r2_above_0.99 (the share with R² >= 0.99, Kamienny
-et al.'s accuracy), well_formed_rate, exact_match_rate. Data errors print one
-line and exit 2.
+et al.'s accuracy), well_formed_rate, exact_match_rate. Data errors, bad
+counts and an --output that is the --data file or cannot be written print one
+line and exit 2, before the model loads; an existing --output is replaced
+only with --overwrite.
 """
 
 from __future__ import annotations
@@ -212,8 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64, help="examples decoded together (default 64)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default auto: cuda if available)")
     parser.add_argument("--output", default=None, help="write the summary and per-example results to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_args(args) -> None:
+    """Bad counts and output paths end the run here, before anything is loaded (one `error:` line, exit 2)."""
+    for flag, value in (("--max_examples", args.max_examples), ("--max_new_tokens", args.max_new_tokens),
+                        ("--batch_size", args.batch_size)):
+        if value is not None and value < 1:
+            _fail(f"{flag} must be at least 1, got {value}")
+    if args.output is None:
+        return
+    file_io.refuse_input_as_output(args.output, [args.data])
+    if Path(args.output).exists() and not args.overwrite:
+        _fail(f"{args.output}: already exists (use --overwrite to replace it)")
+    file_io.check_writable(args.output)
 
 
 def main(argv=None) -> int:
@@ -221,6 +243,7 @@ def main(argv=None) -> int:
     hf_logging.disable_progress_bar()  # our own bar reports progress; theirs would add a line per load
     started = time.monotonic()
     with file_io.exit_on_data_error():
+        check_args(args)
         examples = load_examples(args.data, args.max_examples)  # cheap, so bad data fails before the model loads
         model, tokenizer = load_checkpoint(args.checkpoint)
         max_new_tokens = args.max_new_tokens or getattr(model.config, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS
@@ -233,7 +256,8 @@ def main(argv=None) -> int:
                   "max_new_tokens": max_new_tokens, "seconds": seconds,
                   "metadata": file_io.make_metadata(vars(args), seed=None, argv=argv and ["eval_direct.py", *argv]),
                   "examples": results}
-        with file_io.atomic_open(args.output, "w") as handle:
+        with file_io.exit_on_data_error(), \
+                file_io.atomic_open(args.output, "w", overwrite=args.overwrite) as handle:
             json.dump(report, handle, indent=1)
             handle.write("\n")
     print(f"eval_direct: {summary['n_examples']} examples | accuracy {summary['accuracy']:.1%} | "

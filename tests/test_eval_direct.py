@@ -182,3 +182,57 @@ def test_missing_data_file_and_non_checkpoint_exit_2(checkpoint, data_file, tmp_
         eval_direct.main(["--checkpoint", str(plain), "--data", str(data_file), "--quiet"])
     assert exit_info.value.code == 2
     assert "PrefixLM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--max_examples", "0"], ["--max_examples", "-1"], ["--batch_size", "0"],
+                                   ["--batch_size", "-1"], ["--max_new_tokens", "0"], ["--max_new_tokens", "-1"]])
+def test_unusable_counts_exit_2_naming_the_flag(flags, checkpoint, data_file, capsys, monkeypatch):
+    monkeypatch.setattr(eval_direct, "load_examples", lambda *a, **k: pytest.fail("loaded before checking"))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_direct.main(["--checkpoint", str(checkpoint), "--data", str(data_file), *flags, "--quiet"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {flags[0]} must be at least 1, got {flags[1]}\n"
+
+
+def test_output_that_is_the_data_file_is_refused(checkpoint, data_file, tmp_path, capsys):
+    before = data_file.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(data_file)
+    for output in (data_file, data_file.parent / "." / data_file.name, tmp_path / "link.jsonl"):
+        with pytest.raises(SystemExit) as exit_info:
+            eval_direct.main(["--checkpoint", str(checkpoint), "--data", str(data_file), "--output", str(output),
+                              "--overwrite", "--max_new_tokens", "2", "--quiet"])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "is the input file" in error
+    assert data_file.read_bytes() == before
+
+
+def test_existing_output_needs_overwrite(checkpoint, data_file, tmp_path, capsys):
+    output = tmp_path / "results.json"
+    output.write_text("precious")
+    args = ["--checkpoint", str(checkpoint), "--data", str(data_file), "--output", str(output),
+            "--max_examples", "1", "--max_new_tokens", "2", "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_direct.main(args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {output}: already exists (use --overwrite to replace it)\n"
+    assert output.read_text() == "precious"
+    assert eval_direct.main([*args, "--overwrite"]) == 0
+    assert json.loads(output.read_text())["n_examples"] == 1
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_unwritable_output_fails_before_loading_in_one_line(where, checkpoint, data_file, tmp_path, capsys,
+                                                            monkeypatch):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("keep")
+    output = tmp_path / ("folder" if where == "folder" else "file/out.json")
+    monkeypatch.setattr(eval_direct, "load_examples", lambda *a, **k: pytest.fail("loaded before checking"))
+    with pytest.raises(SystemExit) as exit_info:
+        eval_direct.main(["--checkpoint", str(checkpoint), "--data", str(data_file), "--output", str(output),
+                          "--overwrite", "--quiet"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {output}: ") and error.count("\n") == 1 and ".tmp." not in error
+    assert (tmp_path / "file").read_text() == "keep"
