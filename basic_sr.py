@@ -707,6 +707,13 @@ def main(argv=None) -> int:
     if args.list_problems:
         problems.main([])
         return 0
+    for flag, value in (("--seed", args.seed), ("--data_seed", args.data_seed)):
+        if value is not None and value < 0:
+            print(f"error: {flag} must be a non-negative integer, got {value}", file=sys.stderr)
+            return 2
+    if args.n_points is not None and args.n_points < 2:  # problems.Problem.sample; a fit needs 2 points
+        print(f"error: --n_points must be at least 2, got {args.n_points}", file=sys.stderr)
+        return 2
     try:
         if args.data:
             X, y = load_csv(args.data)

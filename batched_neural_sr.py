@@ -259,10 +259,31 @@ def summary_line(results: list[dict], seconds: float) -> str:
             f"wall {seconds:.1f} s (model {model_seconds:.1f} s)")
 
 
+def argument_problem(args) -> str | None:
+    """What is wrong with the flags the search itself does not check (one line), or None; creates --json's folder."""
+    if args.seeds < 1:
+        return f"--seeds must be at least 1, got {args.seeds}"
+    if args.seed < 0:
+        return f"--seed must be a non-negative integer, got {args.seed}"
+    if args.n_points is not None and args.n_points < 2:
+        return f"--n_points must be at least 2 (a fit needs 2 data points), got {args.n_points}"
+    if args.json:  # a bad path fails now, not after the runs
+        target = Path(args.json)
+        if target.is_dir():
+            return f"--json {target}: is a folder; give a file path"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+            return f"--json {target}: cannot create its folder ({reason})"
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.seeds < 1:
-        print(f"error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
+    problem = argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     try:

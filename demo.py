@@ -102,6 +102,10 @@ def main(argv=None) -> int:
         if unknown or not methods:
             raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
         names = [problem.name for problem in problems.resolve_problems(args.problems)]
+        if args.seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {args.seed}")
+        # The budget flags, checked by BasicSR now (a one-line ValueError), not after the first method's runs.
+        BasicSR(population_size=args.population_size, num_generations=args.num_generations, seed=args.seed, **SEARCH)
         checkpoint, proposer = args.checkpoint, None
         if "neural" in methods:
             from neural_sr import DEFAULT_CHECKPOINT, Proposer

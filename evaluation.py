@@ -299,8 +299,15 @@ def neural_options_from_args(args: argparse.Namespace) -> NeuralOptions:
     options = NeuralOptions(args.checkpoint, args.temperature, args.top_k, args.top_p, args.device,
                             getattr(args, "batch_size", NeuralOptions.batch_size),
                             getattr(args, "neural_time_limit", None), bool(getattr(args, "constrained", False)))
-    if options.temperature < 0 or options.top_k < 0 or not 0 < options.top_p <= 1 or options.batch_size < 1:
-        raise EvaluationInputError("need --temperature >= 0, --top_k >= 0, 0 < --top_p <= 1 and --batch_size >= 1")
+    # NaN passes every comparison, so each float flag is checked with math.isfinite first.
+    if not (math.isfinite(options.temperature) and options.temperature >= 0):
+        raise EvaluationInputError(f"--temperature must be a finite number >= 0, got {options.temperature:g}")
+    if options.top_k < 0:
+        raise EvaluationInputError(f"--top_k must be >= 0 (0: off), got {options.top_k}")
+    if not (math.isfinite(options.top_p) and 0 < options.top_p <= 1):
+        raise EvaluationInputError(f"--top_p must be in (0, 1] (1: off), got {options.top_p:g}")
+    if options.batch_size < 1:
+        raise EvaluationInputError(f"--batch_size must be >= 1, got {options.batch_size}")
     if options.device is not None:
         from neural_sr import resolve_device
 
@@ -308,9 +315,17 @@ def neural_options_from_args(args: argparse.Namespace) -> NeuralOptions:
             resolve_device(options.device)
         except ValueError as error:
             raise EvaluationInputError(f"--device: {error}") from None
-    if options.time_limit is not None and options.time_limit <= 0:
-        raise EvaluationInputError(f"--neural_time_limit must be > 0 seconds, got {options.time_limit:g}")
-    options.resolved_checkpoint()
+    if options.time_limit is not None and not (math.isfinite(options.time_limit) and options.time_limit > 0):
+        raise EvaluationInputError(f"--neural_time_limit must be a finite number > 0 seconds, "
+                                   f"got {options.time_limit:g}")
+    checkpoint = options.resolved_checkpoint()
+    # Load it now (neural_sr caches the loaded model for the runs): a damaged checkpoint is a one-line
+    # error before any run starts, not a traceback after the CPU methods' runs.
+    neural_sr = require_neural_module("neural_sr")
+    try:
+        neural_sr.load_proposer(checkpoint, options.device)
+    except neural_sr.CheckpointError as error:
+        raise EvaluationInputError(str(error)) from None
     return options
 
 
@@ -487,6 +502,31 @@ def json_safe(value):
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def prepare_output_dir(path, flag: str = "--output_dir") -> Path:
+    """Create the output folder now, before any run; EvaluationInputError (one line naming it) when it cannot be."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+        raise EvaluationInputError(f"{flag} {folder}: cannot create the folder ({reason})") from None
+    return folder
+
+
+def prepare_output_file(path, flag: str = "--json") -> Path:
+    """Check an output file's place now, before any run: not a folder, its parent folder created;
+    EvaluationInputError (one line naming it) otherwise."""
+    target = Path(path)
+    if target.is_dir():
+        raise EvaluationInputError(f"{flag} {target}: is a folder; give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
+        raise EvaluationInputError(f"{flag} {target}: cannot create its folder ({reason})") from None
+    return target
 
 
 def save_report(path, report: dict) -> Path:

@@ -20,8 +20,8 @@ import sys
 
 import file_io
 from evaluation import (EvaluationInputError, add_budget_arguments, add_neural_arguments, aggregate,
-                        budget_from_args, model_record, neural_options_from_args, require_neural_module,
-                        resolve_tasks, run_basic, save_report, warm_up)
+                        budget_from_args, model_record, neural_options_from_args, prepare_output_file,
+                        require_neural_module, resolve_tasks, run_basic, save_report, warm_up)
 from expression_parser import parse
 from expressions import simplified_string
 
@@ -97,11 +97,15 @@ def _plan(args):
     if len(tasks) != 1:
         raise EvaluationInputError(f"--problem takes one problem or CSV file, got {args.problem!r} "
                                    f"({len(tasks)} problems); use simple_evaluation.py for several")
-    if args.seed < 0 or (args.every is not None and args.every < 1):
-        raise EvaluationInputError("--seed must be >= 0 and --every >= 1")
+    if args.seed < 0:
+        raise EvaluationInputError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.every is not None and args.every < 1:
+        raise EvaluationInputError(f"--every must be >= 1, got {args.every}")
     budget = budget_from_args(args)
     options = neural_options_from_args(args)
     require_neural_module("neural_sr")
+    if args.json:
+        prepare_output_file(args.json, "--json")  # a bad path fails now, not after both searches
     return tasks[0], budget, options
 
 

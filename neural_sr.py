@@ -107,6 +107,33 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be used; one line naming the folder."""
 
 
+@functools.cache
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged checkpoint folder raises: I/O and parse errors, a truncated or corrupt
+    model.safetensors (safetensors' SafetensorError), a config.json field of the wrong type
+    (huggingface_hub's StrictDataclassError), weights that do not fit the config (RuntimeError)."""
+    errors: list[type[BaseException]] = [OSError, ValueError, TypeError, KeyError, RuntimeError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+
+        errors.append(StrictDataclassError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (its lines joined), at most `limit` characters."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # --------------------------------------------------------------------------
 # The model behind the proposals
 
@@ -271,9 +298,10 @@ class Proposer:
         try:
             model = pe.load_model(folder)
             tokenizer = tk.load_tokenizer(folder)
-        except (OSError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"checkpoint {folder}: cannot load ({first_line})") from None
+        except load_errors() as error:
+            where = {"SafetensorError": "model.safetensors: ", "StrictDataclassFieldValidationError": "config.json: ",
+                     "StrictDataclassError": "config.json: "}.get(type(error).__name__, "")
+            raise CheckpointError(f"checkpoint {folder}: cannot load ({where}{_one_line(error)})") from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

@@ -38,8 +38,8 @@ import file_io
 import peers
 from evaluation import (Budget, EvaluationInputError, NeuralOptions, Task, add_budget_arguments,
                         add_neural_arguments, aggregate, budget_from_args, model_record,
-                        neural_options_from_args, parse_seeds, require_neural_module, resolve_tasks, run_basic,
-                        save_report, share_batch_wall, warm_up)
+                        neural_options_from_args, parse_seeds, prepare_output_dir, require_neural_module,
+                        resolve_tasks, run_basic, save_report, share_batch_wall, warm_up)
 from evaluation_report import markdown_report, plot_best_mse, results_table
 from progress import Progress
 
@@ -269,10 +269,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         plan = plan_from_args(args)
+        output_dir = prepare_output_dir(args.output_dir if args.output_dir else _default_output_dir())
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir()
     runs = len(plan.methods) * len(plan.tasks) * len(plan.seeds)
     print(f"{runs} runs: {', '.join(plan.methods)} x {len(plan.tasks)} problems x seeds "
           f"{', '.join(map(str, plan.seeds))}; population {plan.budget.population_size} x "

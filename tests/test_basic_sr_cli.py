@@ -233,6 +233,28 @@ def test_invalid_hyperparameter_exit_2_one_line(capsys, argv, name):
 
 
 @pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+        (["--data_seed", "-3"], "--data_seed must be a non-negative integer, got -3"),
+        (["--n_points", "0"], "--n_points must be at least 2, got 0"),
+        (["--n_points", "1"], "--n_points must be at least 2, got 1"),
+        (["--n_points", "-1"], "--n_points must be at least 2, got -1"),
+    ],
+)
+def test_bad_seed_or_n_points_exit_2_one_line(capsys, argv, message):
+    code, out, err = _run_main(capsys, ["--problem", "pythagorean_3d", "--quiet", *argv])
+    assert code == 2 and out == ""
+    assert _one_error_line(err) == f"error: {message}"
+
+
+def test_two_points_are_enough(capsys):
+    code, out, err = _run_main(capsys, ["--problem", "pythagorean_3d", "--n_points", "2", "--num_generations", "1",
+                                        "--seed", "0", "--quiet"])
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["--population_size", "ten"],

@@ -279,6 +279,60 @@ def test_an_unknown_device_is_a_one_line_error(tiny_checkpoint, tmp_path, capsys
     assert not (tmp_path / "eval").exists()
 
 
+def damaged_checkpoint(source, folder, damage: str):
+    """A copy of checkpoint `source` in `folder`, damaged: "truncated" cuts model.safetensors to 10,000 bytes,
+    "config_type" gives config.json's hidden_size a string."""
+    folder.mkdir(parents=True)
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    if damage == "truncated":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:10_000])
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "hidden_size": "abc"}))
+    return folder
+
+
+@pytest.mark.parametrize("damage, what", [("truncated", "model.safetensors"), ("config_type", "hidden_size")])
+def test_a_damaged_checkpoint_is_a_one_line_error(tiny_checkpoint, tmp_path, capsys, damage, what):
+    folder = damaged_checkpoint(tiny_checkpoint, tmp_path / "damaged", damage)
+    with pytest.raises(CheckpointError) as error:
+        Proposer.load(folder, device="cpu")
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {folder}: cannot load (") and what in message and "\n" not in message
+    assert bns.main(["--checkpoint", str(folder), "--problems", "quadratic", "--seeds", "1", "--num_generations",
+                     "1", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message}"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["--n_points", "1"], "--n_points must be at least 2"),
+    (["--n_points", "-1"], "--n_points must be at least 2"),
+])
+def test_batched_cli_bad_numbers_are_one_line_errors(tiny_checkpoint, capsys, argv, message):
+    code = bns.main(["--checkpoint", str(tiny_checkpoint), "--problems", "quadratic", "--seeds", "1",
+                     "--num_generations", "1", "--device", "cpu", "--quiet", *argv])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and captured.out == "" and len(err) == 1 and err[0].startswith(f"error: {message}"), captured
+
+
+def test_batched_cli_checks_the_json_path_before_the_runs(tiny_checkpoint, tmp_path, capsys):
+    common = ["--checkpoint", str(tiny_checkpoint), "--problems", "quadratic", "--seeds", "1", "--num_generations",
+              "1", "--device", "cpu", "--quiet"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for target, message in ((tmp_path, "is a folder"), (a_file / "runs.json", "cannot create its folder")):
+        assert bns.main([*common, "--json", str(target)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert captured.out == "" and len(err) == 1, captured  # nothing ran
+        assert err[0].startswith(f"error: --json {target}: {message}")
+
+
 # --------------------------------------------------------------------------
 # NeuralSR
 

@@ -255,3 +255,12 @@ def test_evaluations_to_solve_come_from_the_methods_own_count():
     record = evaluation.make_record("gplearn", task, 0, expression=None, mse=1e-20, generations=3, evaluations=40,
                                     population_size=10, seconds=1.0, history=history, solved=True)
     assert record["evaluations_to_solve"] == 40
+
+
+def test_negative_seeds_are_one_line_errors(tmp_path):
+    output_dir = tmp_path / "out"
+    for seeds in ("-1", "-1,2", "3,-4"):
+        code, out, err = run_main(simple_evaluation, ["--methods", "basic", f"--seeds={seeds}",
+                                                      "--output_dir", str(output_dir)])
+        assert code == 2 and out == "" and err.count("\n") == 1 and "--seeds" in err and "non-negative" in err
+    assert not output_dir.exists()

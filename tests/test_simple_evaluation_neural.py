@@ -90,3 +90,58 @@ def test_neural_comparison_bad_input_exits_2_with_one_line(tmp_path, argv, messa
     argv = argv if "--checkpoint" in argv else [*argv, "--checkpoint", str(tmp_path)]
     code, out, err = run_main(neural_comparison, argv)
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0, got inf"),
+    (["--top_p", "nan"], "--top_p must be in (0, 1] (1: off), got nan"),
+    (["--top_k", "-1"], "--top_k must be >= 0 (0: off), got -1"),
+    (["--neural_time_limit", "nan"], "--neural_time_limit must be a finite number > 0 seconds, got nan"),
+    (["--neural_time_limit", "inf"], "--neural_time_limit must be a finite number > 0 seconds, got inf"),
+])
+def test_non_finite_sampling_and_time_flags_are_one_line_errors(tiny_checkpoint, tmp_path, flags, message):
+    output_dir = tmp_path / "out"
+    for module, argv in ((simple_evaluation, ["--methods", "neural", "--problems", "quadratic", "--seeds", "1",
+                                              "--output_dir", str(output_dir)]),
+                         (neural_comparison, ["--problem", "quadratic"])):
+        code, out, err = run_main(module, [*argv, "--checkpoint", str(tiny_checkpoint), *SMALL, *flags])
+        assert code == 2 and out == "" and err.strip().splitlines() == [f"error: {message}"], (module, err)
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("damage, what", [("truncated", "model.safetensors"), ("config_type", "hidden_size")])
+def test_a_damaged_checkpoint_fails_before_any_run(tiny_checkpoint, tmp_path, damage, what):
+    from test_neural_sr import damaged_checkpoint
+
+    folder = damaged_checkpoint(tiny_checkpoint, tmp_path / "damaged", damage)
+    output_dir = tmp_path / "out"
+    for module, argv in ((simple_evaluation, ["--methods", "basic,neural", "--problems", "quadratic", "--seeds", "1",
+                                              "--output_dir", str(output_dir)]),
+                         (neural_comparison, ["--problem", "quadratic"])):
+        code, out, err = run_main(module, [*argv, "--checkpoint", str(folder), *SMALL])
+        lines = err.strip().splitlines()
+        assert code == 2 and out == "" and len(lines) == 1, (module, err)  # out == "": not even the BasicSR runs
+        assert lines[0].startswith(f"error: checkpoint {folder}: cannot load (") and what in lines[0]
+    assert not output_dir.exists()
+
+
+def test_output_locations_are_checked_before_any_run(tiny_checkpoint, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for output_dir in (a_file, a_file / "out"):
+        code, out, err = run_main(simple_evaluation, ["--methods", "basic", "--problems", "quadratic", "--seeds", "1",
+                                                      *SMALL, "--output_dir", str(output_dir)])
+        assert code == 2 and out == "" and err.strip().splitlines() == [
+            f"error: --output_dir {output_dir}: cannot create the folder (a file is in the way)"]
+    for target, message in ((a_file / "x.json", "cannot create its folder (a file is in the way)"),
+                            (tmp_path, "is a folder; give a file path")):
+        code, out, err = run_main(neural_comparison, ["--problem", "quadratic", "--checkpoint", str(tiny_checkpoint),
+                                                      *SMALL, "--json", str(target)])
+        assert code == 2 and out == "" and err.strip().splitlines() == [f"error: --json {target}: {message}"]
+
+
+def test_neural_comparison_rejects_a_negative_seed(tiny_checkpoint):
+    code, out, err = run_main(neural_comparison, ["--problem", "quadratic", "--checkpoint", str(tiny_checkpoint),
+                                                  *SMALL, "--seed", "-1"])
+    assert code == 2 and out == "" and err.strip().splitlines() == ["error: --seed must be a non-negative integer, got -1"]
