@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="basic,neural", help="comma-separated: basic, neural")
     parser.add_argument("--population_size", type=int, default=20, help="individuals per generation")
     parser.add_argument("--num_generations", type=int, default=50,
-                        help="generation budget per problem and method (NeuralSR on a 2-core CPU: ~0.5 s per "
+                        help="generation budget per problem and method (NeuralSR on a 2-core CPU: ~0.3 s per "
                              "problem-generation)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the data sample and the searches")
     parser.add_argument("--checkpoint", default=None,

@@ -48,6 +48,7 @@ import expressions as ex
 import file_io
 import format_utils as fu
 from file_io import DataFileError
+from neural_sr import load_errors
 from point_embedder import PrefixLM, encode_points, greedy_decode, load_model
 from problems import NMSE_THRESHOLD, nmse
 from progress import Progress
@@ -195,8 +196,8 @@ def load_checkpoint(folder) -> tuple[PrefixLM, object]:
         raise DataFileError(f"{folder}: not a checkpoint folder (no config.json)")
     try:
         model, tokenizer = load_model(folder), load_tokenizer(folder)
-    except (OSError, ValueError) as exc:
-        raise DataFileError(f"{folder}: cannot load the checkpoint ({' '.join(str(exc).split())})") from None
+    except load_errors() as exc:
+        raise DataFileError(f"{folder}: cannot load the checkpoint ({' '.join(str(exc).split())[:300]})") from None
     if not isinstance(model, PrefixLM):
         raise DataFileError(f"{folder}: a {type(model).__name__} checkpoint; direct mode needs a point-embedder "
                             f"model (PrefixLM)")

@@ -1,6 +1,7 @@
 """eval_direct: scoring rules, the CLI on a tiny random checkpoint, and bad inputs."""
 
 import json
+import shutil
 import math
 
 import numpy as np
@@ -182,6 +183,19 @@ def test_missing_data_file_and_non_checkpoint_exit_2(checkpoint, data_file, tmp_
         eval_direct.main(["--checkpoint", str(plain), "--data", str(data_file), "--quiet"])
     assert exit_info.value.code == 2
     assert "PrefixLM" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_exits_2_with_one_line(checkpoint, data_file, tmp_path, capsys):
+    """A truncated model.safetensors is a one-line error naming the folder (it was a SafetensorError traceback)."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoint, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:10_000])
+    with pytest.raises(SystemExit) as exit_info:
+        eval_direct.main(["--checkpoint", str(damaged), "--data", str(data_file), "--quiet"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: {damaged}: cannot load the checkpoint") and "\n" not in error
 
 
 @pytest.mark.parametrize("flags", [["--max_examples", "0"], ["--max_examples", "-1"], ["--batch_size", "0"],
