@@ -7,7 +7,8 @@
 
 The run config (training/*.json) is one flat JSON object whose keys are the
 fields of `RunConfig` below; an unknown key is an error that names the closest
-valid one, a value of the wrong type an error that names its key. `-o
+valid one, a value of the wrong type or out of range (RANGES: learning_rate
+> 0, batch sizes >= 1, ...; NaN is never valid) an error that names its key. `-o
 key=value` overrides a key (the value is read as the key's type; `null`
 clears an optional key). `--check` prints the resolved config and exits.
 
