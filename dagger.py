@@ -21,8 +21,12 @@ trains on that. One iteration i = 1..N, in `{output_dir}/iter{i:02d}/`:
 
 Each stage runs through its importable `main(argv)` (not a subprocess), so
 its own one-line errors are what the user sees, and the loop stops at the
-first failing stage. `--dry_run` prints the commands (the checkpoints of
-later iterations as the paths they will have) and runs nothing.
+first failing stage. Every input (checkpoint, expressions file, imitation
+data, the fine-tuning config with its overrides, the output folder) is
+checked before iteration 1, so a bad one is an error at once, not after
+hours of rollouts. `--dry_run` checks them too, then prints the commands
+(the checkpoints of later iterations as the paths they will have) and runs
+nothing.
 
 Mixing rule (`--mix`, `--imitation_ratio`). The fine-tuning set of
 iteration i holds the DAgger rows of
@@ -171,9 +175,7 @@ def iteration_steps(args, it: Iteration) -> list[Step]:
                "--output", str(paths["dagger"]), "--tokenizer_dir", str(paths["tokenizer"]),
                "--workers", str(args.workers)]
     fine_tune = ["--config", str(args.config)]
-    for override in [*args.override, f"init_from={it.checkpoint}", f"tokenizer={it.checkpoint}",
-                     f"train_file={paths['mixed']}", f"val_file={paths['dagger_val']}",
-                     f"output_dir={it.folder}", f"run_name={TRAIN_RUN}", f"seed={seed}"]:
+    for override in fine_tune_overrides(args, it):
         fine_tune += ["-o", override]
     rounds = " + ".join(str(p) for p in dagger_rounds(args, it.number))
     ratio = "all" if args.imitation_ratio is None else f"{args.imitation_ratio:g}"
@@ -185,6 +187,14 @@ def iteration_steps(args, it: Iteration) -> list[Step]:
                               f"(imitation_ratio {ratio}) -> {paths['mixed']}"),
         Step("train", "train.py", fine_tune),
     ]
+
+
+def fine_tune_overrides(args, it: Iteration) -> list[str]:
+    """The train.py overrides of an iteration's fine-tuning: the user's, then the loop's own."""
+    paths = it.paths
+    return [*args.override, f"init_from={it.checkpoint}", f"tokenizer={it.checkpoint}",
+            f"train_file={paths['mixed']}", f"val_file={paths['dagger_val']}",
+            f"output_dir={it.folder}", f"run_name={TRAIN_RUN}", f"seed={it.seed}"]
 
 
 def dagger_rounds(args, number: int) -> list[Path]:
@@ -406,7 +416,10 @@ def run_loop(args, argv: list[str]) -> dict:
                          f"use another --output_dir")
     log = resumed_log(args, log_path) if log_path.exists() else new_log(args, argv)
     checkpoint = log["iterations"][-1]["checkpoint_out"] if log["iterations"] else str(args.checkpoint)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{output_dir}: cannot create the folder ({error.strerror or error}) (--output_dir)") from None
     write_log(log_path, log)
     for it in plan(args, log):
         it.checkpoint = checkpoint  # the one training made: a redone iteration's run folder may have a suffix
@@ -511,10 +524,52 @@ def check_args(args) -> None:
 
 
 def check_inputs(args) -> None:
-    """The input files exist (a real run only: a dry run may plan for another machine)."""
-    for name in ("checkpoint", "expressions_file", "imitation_data", "config"):
-        if not Path(getattr(args, name)).exists():
-            raise UsageError(f"{getattr(args, name)}: not found (--{name})")
+    """Every input checked before iteration 1 (a dry run too); UsageError naming the option and the file.
+
+    The checkpoint is a folder holding a readable config.json and a
+    tokenizer; the expressions file loads as kind 'expressions'; the
+    imitation data is a JSONL file whose first row reads; the fine-tuning
+    config resolves with the -o overrides and the loop's own (train.py's
+    own validation, no model built); --output_dir is, or can become, a folder.
+    """
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        raise UsageError(f"{checkpoint}: {'not found' if not checkpoint.exists() else 'not a folder'} (--checkpoint)")
+    try:
+        model_config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        reason = "no config.json" if isinstance(error, FileNotFoundError) else f"config.json: {error}"
+        raise UsageError(f"{checkpoint}: not a train.py checkpoint ({' '.join(reason.split())}) "
+                         f"(--checkpoint)") from None
+    if not isinstance(model_config, dict) or not (checkpoint / "tokenizer.json").is_file():
+        raise UsageError(f"{checkpoint}: not a train.py checkpoint (config.json not an object, or no "
+                         f"tokenizer.json) (--checkpoint)")
+    try:
+        file_io.load(args.expressions_file, kind="expressions")
+    except file_io.DataFileError as error:
+        raise UsageError(f"{error} (--expressions_file)") from None
+    try:
+        first_row = next(iter(file_io.read_jsonl(args.imitation_data)), None)
+    except file_io.DataFileError as error:
+        raise UsageError(f"{error} (--imitation_data)") from None
+    if first_row is None:
+        raise UsageError(f"{args.imitation_data}: file has no rows (--imitation_data)")
+    check_output_dir(Path(args.output_dir))
+    first = Iteration(1, iteration_folder(args.output_dir, 1), iteration_seed(args.seed, 1), str(checkpoint))
+    try:
+        train.load_config(args.config, fine_tune_overrides(args, first))
+    except train.ConfigError as error:
+        raise UsageError(f"fine-tuning config: {error}") from None
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """UsageError when --output_dir is a file or lies under one (its nearest existing ancestor must be a folder)."""
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == output_dir else f"lies under a file, {existing}"
+        raise UsageError(f"{output_dir}: {where} (--output_dir must be a folder)")
 
 
 def main(argv=None) -> int:
@@ -522,10 +577,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_args(args)
+        check_inputs(args)
         if args.dry_run:
             dry_run(args)
             return 0
-        check_inputs(args)
         log = run_loop(args, argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,7 +7,8 @@
 
 The run config (training/*.json) is one flat JSON object whose keys are the
 fields of `RunConfig` below; an unknown key is an error that names the closest
-valid one, a value of the wrong type an error that names its key. `-o
+valid one, a value of the wrong type or out of range (RANGES: learning_rate
+> 0, batch sizes >= 1, ...; NaN is never valid) an error that names its key. `-o
 key=value` overrides a key (the value is read as the key's type; `null`
 clears an optional key). `--check` prints the resolved config and exits.
 
@@ -200,12 +201,7 @@ def parse_override(text: str) -> tuple[str, object]:
 def load_config(path, overrides=()) -> RunConfig:
     """The run config in `path` with `key=value` overrides applied, validated (ConfigError)."""
     path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    values = read_json_file(path, "config file")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a run config is a JSON object")
     for text in overrides:
@@ -218,6 +214,57 @@ def load_config(path, overrides=()) -> RunConfig:
     return config
 
 
+def read_json_file(path: Path, what: str):
+    """The JSON in `path`; ConfigError naming the file when it is missing, a folder, binary or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (a {what} is JSON)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+# Allowed ranges of the numeric keys: (lowest value, whether the lowest value itself is allowed); None
+# stays allowed where the key is optional. Every number must also be finite (JSON NaN / Infinity are not).
+RANGES = {
+    "max_length": (1, True), "max_train_examples": (1, True), "max_eval_examples": (1, True),
+    "seed": (0, True), "per_device_train_batch_size": (1, True), "per_device_eval_batch_size": (1, True),
+    "gradient_accumulation_steps": (1, True), "learning_rate": (0, False), "weight_decay": (0, True),
+    "adam_beta2": (0, True), "warmup_steps": (0, True), "num_train_epochs": (0, True),
+    "max_train_seconds": (0, True), "max_grad_norm": (0, True), "pad_to_multiple_of": (0, True),
+    "dataloader_num_workers": (0, True), "logging_steps": (1, True), "eval_steps": (0, True),
+    "save_steps": (1, True), "save_total_limit": (1, True), "sample_prompts": (0, True),
+    "sample_max_new_tokens": (1, True),
+}
+
+
+def check_ranges(config: RunConfig) -> None:
+    """Each numeric key finite and within its range (RANGES); ConfigError naming the key."""
+    import math
+
+    for key, (low, inclusive) in RANGES.items():
+        value = getattr(config, key)
+        if value is None:
+            continue
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value}")
+        if value < low or (value == low and not inclusive):
+            raise ConfigError(f"config key {key!r} must be {'>=' if inclusive else '>'} {low}, got {value}")
+    if not config.adam_beta2 < 1:
+        raise ConfigError(f"config key 'adam_beta2' must be < 1, got {config.adam_beta2}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ConfigError(f"config key 'max_steps' must be -1 (train num_train_epochs) or >= 1, "
+                          f"got {config.max_steps}")
+    if config.max_steps == -1 and config.num_train_epochs == 0:
+        raise ConfigError("config key 'num_train_epochs' must be > 0 when max_steps is -1, got 0.0")
+
+
 def config_from_dict(values: dict) -> RunConfig:
     """A RunConfig from a dict; unknown keys and wrong types raise ConfigError."""
     for key in values:
@@ -227,11 +274,7 @@ def config_from_dict(values: dict) -> RunConfig:
     config = RunConfig(**checked)
     if config.max_length is None:
         config.max_length = DEFAULT_MAX_LENGTH[config.mode]
-    positive = ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
-                "gradient_accumulation_steps", "logging_steps", "save_steps")
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)}")
+    check_ranges(config)
     if not config.train_file:
         raise ConfigError("config key 'train_file' is required")
     return config
@@ -257,10 +300,7 @@ def gpt_neo_config(config: RunConfig, tokenizer, n_prefix: int = 0):
     from transformers import GPTNeoConfig
 
     path = Path(config.model_config)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"model_config {path}: file not found") from None
+    values = read_model_config(path)
     known = set(GPTNeoConfig().to_dict()) | {"attention_types"}
     for key in values:
         if key not in known and not key.startswith("_"):
@@ -271,6 +311,15 @@ def gpt_neo_config(config: RunConfig, tokenizer, n_prefix: int = 0):
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   pad_token_id=tokenizer.pad_token_id)
     return GPTNeoConfig(**values)
+
+
+def read_model_config(path) -> dict:
+    """The model-config JSON object (GPT-Neo keys); ConfigError naming the file."""
+    path = Path(path)
+    values = read_json_file(path, "model_config file")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a model_config is a JSON object, got {type(values).__name__}")
+    return values
 
 
 def uses_points(config: RunConfig) -> bool:
@@ -314,7 +363,7 @@ def point_embedder_config(config: RunConfig, hidden_size: int):
 
 
 def _hidden_size(config: RunConfig) -> int:
-    return int(json.loads(Path(config.model_config).read_text()).get("hidden_size", 768))
+    return int(read_model_config(config.model_config).get("hidden_size", 768))
 
 
 def load_any_model(folder):
@@ -889,12 +938,37 @@ def build_parser() -> argparse.ArgumentParser:
 def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> dict:
     """Run one training; returns {"run_dir", "final_dir", "global_step", "log_history", "metrics", "trainer"}.
 
-    `callbacks`: extra TrainerCallbacks (the benchmark's timer)."""
+    `callbacks`: extra TrainerCallbacks (the benchmark's timer). A run that
+    fails before anything is written into its new run folder removes it."""
+    new_folders = []
+    try:
+        return _train(config, config_path, argv, callbacks, new_folders)
+    except BaseException:
+        if is_main_process():
+            for folder in new_folders:
+                remove_if_empty(folder)
+        raise
+
+
+def remove_if_empty(folder: Path) -> bool:
+    """Remove `folder` when it holds no file (only empty folders, at any depth); whether it did."""
+    import shutil
+
+    if not folder.is_dir() or any(not p.is_dir() for p in folder.rglob("*")):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def _train(config: RunConfig, config_path, argv, callbacks, new_folders: list) -> dict:
+    """`train`; the run folder goes into `new_folders` when this run creates it."""
     import torch
 
     started = time.perf_counter()
     if not Path(config.train_file).is_file():
         raise ConfigError(f"train_file {config.train_file}: file not found")
+    if not config.init_from:
+        read_model_config(config.model_config)  # a bad model_config is reported before the data is tokenized
     check_report_to(config)
     cuda = torch.cuda.is_available() and config.device != "cpu"
     resume = resolve_resume(config)
@@ -904,6 +978,11 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
     _ = args.device  # sets up torch.distributed when launched with several processes
     run_dir = choose_run_dir(config, resume)
     args.output_dir = str(run_dir)
+    created = run_dir  # the outermost folder this run will create (the output_dir too when it is new)
+    while not created.parent.exists():
+        created = created.parent
+    if not run_dir.exists():
+        new_folders.append(created)
     with args.main_process_first(desc="tokenizing"):  # rank 0 fills the `datasets` cache, the others read it
         train_set, val_set = load_datasets(config, tokenizer, val_file, print0)
     if val_set is None:

@@ -30,6 +30,7 @@ which lets SDPA use its fused causal kernels; the result is identical.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +62,12 @@ def datasets_available() -> bool:
 def row_texts(row: dict, mode: str, where: str) -> tuple[str, str]:
     """(prompt, target) of one JSONL row; DataFileError naming `where` when a field is missing."""
     needed = ("target",) if mode == "direct" else TEXT_FIELDS
-    missing = [key for key in needed if key not in row]
+    missing = [key for key in needed if row.get(key) is None]
     if missing:
         raise DataFileError(f"{where}: row lacks {missing} (a {mode} example needs {list(needed)})")
+    wrong = [key for key in needed if not isinstance(row[key], str)]
+    if wrong:
+        raise DataFileError(f"{where}: field {wrong[0]!r} is {type(row[wrong[0]]).__name__}, not text")
     target = row["target"]
     if not target.endswith(fu.EOS):
         target += fu.EOS
@@ -215,12 +219,14 @@ def load_examples(path, tokenizer, mode: str, max_length: int, *, with_points: b
         use_datasets = datasets_available()
     if use_datasets and not datasets_available():
         raise RuntimeError("use_datasets is true but the `datasets` library is not installed (pip install datasets)")
-    file_io.read_jsonl(path)  # a missing file is reported here, in one line
+    first = next(iter(file_io.read_jsonl(path)), None)  # a missing, binary or bad first line: one line
     source = PointSource(expressions_file) if with_points else None
-    if use_datasets:
+    if use_datasets and first is not None:  # (`datasets` cannot read a file without rows)
         examples = _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir)
     else:
         examples = _load_plain(path, tokenizer, mode, max_length, source)
+    if examples.report.rows == 0 and not allow_empty:
+        raise DataFileError(f"{path}: file has no rows")
     if len(examples) == 0 and not (allow_empty and examples.report.rows == 0):
         raise DataFileError(f"{path}: no example fits in {max_length} tokens ({examples.report.rows} rows, "
                             f"{examples.report.too_long} too long)")
@@ -263,18 +269,34 @@ def _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir) ->
     import datasets  # optional dependency, imported only here
 
     report = LoadReport(str(path), backend="datasets")
-    table = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+    json_logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = json_logger.level
+    json_logger.setLevel(logging.CRITICAL)  # a bad file is reported below, in one line
+    try:
+        table = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+    except Exception as error:  # DatasetGenerationError, ArrowInvalid ...: find the bad line with the plain reader
+        for _ in file_io.read_jsonl(path):
+            pass
+        cause = error.__cause__ or error
+        raise DataFileError(f"{path}: the datasets library cannot read it ({type(cause).__name__}: "
+                            f"{' '.join(str(cause).split())[:200]})") from None
+    finally:
+        json_logger.setLevel(level)
     report.rows = len(table)
+    needed = ("target",) if mode == "direct" else TEXT_FIELDS
+    missing = [key for key in needed if key not in table.column_names]
+    if missing:
+        raise DataFileError(f"{path}: rows lack {missing} (a {mode} example needs {list(needed)})")
 
-    def encode(batch):
-        size = len(batch["target"])
-        rows = [{key: batch[key][i] for key in batch} for i in range(size)]
-        ids, n_prompt = encode_pairs(tokenizer, [row_texts(row, mode, str(path)) for row in rows])
+    def encode(batch, indices):
+        rows = [{key: batch[key][i] for key in batch} for i in range(len(indices))]
+        pairs = [row_texts(row, mode, f"{path}: row {index + 1}") for index, row in zip(indices, rows)]
+        ids, n_prompt = encode_pairs(tokenizer, pairs)
         return {"input_ids": ids, "n_prompt": n_prompt, "length": [len(i) for i in ids]}
 
     keep = [c for c in ("X", "y", "data_ref", "expression_id") if source is not None and c in table.column_names]
     drop = [c for c in table.column_names if c not in keep]
-    table = table.map(encode, batched=True, batch_size=ENCODE_CHUNK, remove_columns=drop,
+    table = table.map(encode, batched=True, with_indices=True, batch_size=ENCODE_CHUNK, remove_columns=drop,
                       desc="tokenizing")
     table = table.filter(lambda lengths: [n <= max_length for n in lengths], input_columns="length",
                          batched=True, desc="length filter")

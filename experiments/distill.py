@@ -35,6 +35,7 @@ per stage, the flags given to each script (a value `true` is a bare flag).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shlex
@@ -56,6 +57,10 @@ from progress import format_seconds  # noqa: E402
 
 STAGES = ("expressions", "traces", "check", "convert", "train", "evaluate", "report")
 TOGETHER = {"check": "convert"}  # the check's jobs run beside the conversions' (they read the same files)
+
+
+CONFIG_KEYS = ("workdir", "seed", "workers", "expressions", "traces", "conversions", "models", "evaluations",
+               "ship")  # and free-text keys starting with "_"
 
 
 class StudyError(Exception):
@@ -84,19 +89,51 @@ class Job:
 def load_config(path: Path) -> dict:
     """The study config, with its sections checked (one-line errors)."""
     try:
-        config = json.loads(Path(path).read_text())
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StudyError(f"config {path}: file not found") from None
+    except IsADirectoryError:
+        raise StudyError(f"config {path}: is a directory, not a config file") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"config {path}: not UTF-8 text (a study config is JSON)") from None
+    except OSError as error:
+        raise StudyError(f"config {path}: cannot read it ({error.strerror or error})") from None
     except json.JSONDecodeError as error:
         raise StudyError(f"config {path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise StudyError(f"config {path}: a study config is a JSON object, got {type(config).__name__}")
+    for key in config:
+        if key not in CONFIG_KEYS and not key.startswith("_"):
+            close = difflib.get_close_matches(key, CONFIG_KEYS, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(CONFIG_KEYS)}"
+            raise StudyError(f"config {path}: unknown key {key!r}{hint}")
     required = ("workdir", "expressions", "traces", "conversions", "models", "evaluations")
     missing = [key for key in required if key not in config]
     if missing:
         raise StudyError(f"config {path}: missing {', '.join(missing)}")
+    if not isinstance(config["workdir"], str) or not config["workdir"]:
+        raise StudyError(f"config {path}: 'workdir' must be a folder name, got {config['workdir']!r}")
+    for key in ("seed", "workers"):
+        value = config.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise StudyError(f"config {path}: {key!r} must be a whole number >= 0, got {value!r}")
+    for key in ("expressions", "traces"):
+        if not isinstance(config[key], dict):
+            raise StudyError(f"config {path}: {key!r} must be an object of script flags, got {config[key]!r}")
+    for key in ("conversions", "models", "evaluations"):
+        if not isinstance(config[key], dict) or not all(isinstance(v, dict) for v in config[key].values()):
+            raise StudyError(f"config {path}: {key!r} must be an object of named objects, got {config[key]!r}")
     for name, model in config["models"].items():
+        if not isinstance(model.get("config"), str):
+            raise StudyError(f"config {path}: model {name!r} needs 'config' (a train.py run config path)")
+        if not isinstance(model.get("overrides", {}), dict):
+            raise StudyError(f"config {path}: model {name!r}: 'overrides' must be an object")
         if model.get("conversion") not in config["conversions"]:
             raise StudyError(f"config {path}: model {name!r} names unknown conversion {model.get('conversion')!r}")
     for name, evaluation in config["evaluations"].items():
+        group = evaluation.get("group", 0)
+        if not isinstance(group, int) or isinstance(group, bool):
+            raise StudyError(f"config {path}: evaluation {name!r}: 'group' must be a whole number, got {group!r}")
         if "model" in evaluation and evaluation["model"] not in config["models"]:
             raise StudyError(f"config {path}: evaluation {name!r} names unknown model {evaluation['model']!r}")
     if config.get("ship") is not None and config["ship"] not in config["models"]:
@@ -546,7 +583,10 @@ def main(argv=None) -> int:
         if unknown:
             raise StudyError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
         study = Study(config, args.workdir)
-        study.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            study.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # the folder or one above it is a file, or no permission
+            raise StudyError(f"workdir {study.workdir}: cannot create the folder ({error.strerror or error})") from None
         journal_path = study.workdir / "study_log.json"
         journal = json.loads(journal_path.read_text()) if journal_path.exists() else []
         ordered = [stage for stage in STAGES if stage in stages]

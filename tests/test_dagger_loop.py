@@ -50,6 +50,16 @@ def loop_args(imitation, checkpoint, output_dir, *more) -> list[str]:
             "--num_generations", "4", "--batch_size", "4", "--quiet", *more]
 
 
+def checkpoint_stub(folder: Path) -> Path:
+    """A folder that passes dagger.py's up-front checkpoint check (config.json, tokenizer.json), no weights."""
+    import tokenizer as tk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neo"}))
+    tk.save_tokenizer(tk.build_tokenizer(), folder)
+    return folder
+
+
 def write_rows(path: Path, count: int, tag: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"row": i, "tag": tag}) + "\n" for i in range(count)))
@@ -62,7 +72,8 @@ def write_rows(path: Path, count: int, tag: str) -> Path:
 
 def test_dry_run_prints_every_stage_and_chains_the_checkpoints(imitation, tmp_path, capsys):
     output_dir = tmp_path / "loop"
-    assert dagger.main(loop_args(imitation, "ckpt/final", output_dir, "--dry_run", "-o", "max_steps=7")) == 0
+    start = checkpoint_stub(tmp_path / "ckpt" / "final")  # a dry run checks its inputs too
+    assert dagger.main(loop_args(imitation, start, output_dir, "--dry_run", "-o", "max_steps=7")) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert not output_dir.exists()  # a dry run writes nothing
     commands = [line for line in lines if not line.startswith("# iteration")]
@@ -70,7 +81,7 @@ def test_dry_run_prints_every_stage_and_chains_the_checkpoints(imitation, tmp_pa
     scripts = [line.split()[1] if not line.startswith("#") else "mix" for line in commands]
     assert scripts == ["generate_traces.py", "dagger_relabel.py", "one_step_conversion.py", "mix", "train.py"] * 2
     first_traces, second_traces = (shlex.split(commands[i]) for i in (0, 5))
-    assert first_traces[first_traces.index("--checkpoint") + 1] == "ckpt/final"
+    assert first_traces[first_traces.index("--checkpoint") + 1] == str(start)
     final = output_dir / "iter01" / "train" / "final"
     assert second_traces[second_traces.index("--checkpoint") + 1] == str(final)
     assert "--batch_size" in first_traces and first_traces[first_traces.index("--seed") + 1] != \
@@ -89,6 +100,55 @@ def test_options_the_loop_sets_itself_are_refused(imitation, tmp_path, capsys):
         assert capsys.readouterr().err.startswith("error: ")
     assert dagger.main(loop_args(imitation, tmp_path / "no_checkpoint", tmp_path / "loop")) == 2
     assert "no_checkpoint" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_refused_before_iteration_1_dry_run_or_not(imitation, tmp_path, capsys, monkeypatch):
+    """Each bad input is one `error:` line naming it, exit 2, before any stage runs (dry run or not)."""
+    expressions, data = imitation
+    start = checkpoint_stub(tmp_path / "ckpt")
+    empty_folder = tmp_path / "empty_folder"
+    empty_folder.mkdir()
+    (tmp_path / "bad.json").write_text('{"mode": "onestep",')
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    traces = file_io.save(tmp_path / "t.pkl.gz", "traces", [], {})  # a data file of another kind
+    for stage in ("generate_traces", "dagger_relabel", "one_step_conversion", "train"):
+        monkeypatch.setattr(__import__(stage), "main", lambda argv: pytest.fail("a stage ran"))
+
+    def args_with(**changes):
+        values = {"--checkpoint": start, "--expressions_file": expressions, "--imitation_data": data,
+                  "--output_dir": tmp_path / "loop"}
+        values.update(changes)
+        argv = [item for flag, value in values.items() if not flag.startswith("-o") for item in (flag, str(value))]
+        return argv + ["--iterations", "2", "--quiet"]
+
+    cases = [
+        (args_with(**{"--checkpoint": tmp_path / "missing"}), "missing: not found (--checkpoint)"),
+        (args_with(**{"--checkpoint": empty_folder}), "no config.json"),
+        (args_with(**{"--checkpoint": tmp_path / "broken"}), "broken: not a train.py checkpoint (config.json"),
+        (args_with(**{"--checkpoint": tmp_path / "a_file"}), "not a folder (--checkpoint)"),
+        (args_with(**{"--expressions_file": traces}), "expected a 'expressions' file, got 'traces'"),
+        (args_with(**{"--expressions_file": data}), "(--expressions_file)"),
+        (args_with(**{"--imitation_data": tmp_path / "missing.jsonl"}), "missing.jsonl: file not found"),
+        (args_with(**{"--imitation_data": tmp_path / "empty.jsonl"}), "empty.jsonl: file has no rows"),
+        (args_with(**{"--imitation_data": expressions}), "(--imitation_data)"),
+        (args_with() + ["--config", str(tmp_path / "bad.json")], "bad.json: not valid JSON"),
+        (args_with() + ["--config", str(tmp_path / "missing.json")], "missing.json: config file not found"),
+        (args_with() + ["-o", "nokey=1"], "unknown config key 'nokey'"),
+        (args_with() + ["-o", "learning_rate=-1"], "'learning_rate' must be > 0"),
+        (args_with(**{"--output_dir": tmp_path / "a_file"}), "a_file: is a file (--output_dir"),
+        (args_with(**{"--output_dir": tmp_path / "a_file" / "loop"}), "lies under a file"),
+    ]
+    for argv, message in cases:
+        for extra in ([], ["--dry_run"]):
+            assert dagger.main(argv + extra) == 2, (argv + extra, message)
+            captured = capsys.readouterr()
+            assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+            assert message in captured.err, (message, captured.err)
+            assert not captured.out and not (tmp_path / "loop").exists()
+    assert (tmp_path / "a_file").read_text() == "mine"
 
 
 def test_help_explains_every_flag_and_context_types_match():
@@ -212,9 +272,10 @@ def test_resume_redoes_an_unfinished_iteration(imitation, stand_in_checkpoint, t
 
 
 def test_a_failing_stage_stops_the_loop_with_its_error_and_a_log(imitation, stand_in_checkpoint, tmp_path, capsys):
-    """generate_traces.py exits 2 on a checkpoint that is not one: the loop says where and stops."""
-    not_a_checkpoint = tmp_path / "not_a_checkpoint"
-    not_a_checkpoint.mkdir()
+    """generate_traces.py exits 2 on a checkpoint without weights: the loop says where and stops.
+
+    (A folder that is plainly no checkpoint is refused before iteration 1: test_bad_inputs_...)"""
+    not_a_checkpoint = checkpoint_stub(tmp_path / "not_a_checkpoint")
     output_dir = tmp_path / "loop"
     assert dagger.main(loop_args(imitation, not_a_checkpoint, output_dir)) == 2
     err = capsys.readouterr().err.strip().splitlines()

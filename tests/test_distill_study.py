@@ -98,3 +98,50 @@ def test_shipped_study_configs_are_valid():
         for stage in distill.STAGES:
             for job in inside.jobs(stage):
                 assert not any(str(REPO) in part for part in job.argv[1:]), (stage, job.argv)
+
+
+def _write_config(folder: Path, name: str, change) -> Path:
+    config = json.loads((REPO / "experiments" / "distill-cpu.json").read_text())
+    change(config)
+    path = folder / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("seed", lambda c: c.update(seed="zero"), "'seed' must be a whole number >= 0, got 'zero'"),
+    ("negative_seed", lambda c: c.update(seed=-1), "'seed' must be a whole number >= 0"),
+    ("workers", lambda c: c.update(workers=1.5), "'workers' must be a whole number"),
+    ("models", lambda c: c.update(models="x"), "'models' must be an object of named objects, got 'x'"),
+    ("model_entry", lambda c: c["models"].update(main=3), "'models' must be an object of named objects"),
+    ("model_config", lambda c: c["models"]["main"].pop("config"), "model 'main' needs 'config'"),
+    ("overrides", lambda c: c["models"]["main"].update(overrides=[1]), "'overrides' must be an object"),
+    ("traces", lambda c: c.update(traces=["--quiet"]), "'traces' must be an object of script flags"),
+    ("group", lambda c: c["evaluations"]["main-10"].update(group="first"), "'group' must be a whole number"),
+    ("unknown", lambda c: c.update(worker=2), "unknown key 'worker'; did you mean 'workers'?"),
+    ("unknown_far", lambda c: c.update(zzz=2), "unknown key 'zzz'; valid keys: workdir"),
+])
+def test_bad_config_values_fail_with_one_line(tmp_path, capsys, name, change, message):
+    path = _write_config(tmp_path, f"{name}.json", change)
+    assert distill.main(["--config", str(path), "--workdir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config {path}: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "work").exists()  # nothing made
+
+
+def test_bad_config_files_and_workdirs_fail_with_one_line(tmp_path, capsys):
+    (tmp_path / "binary.json").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    (tmp_path / "list.json").write_text("[1]")
+    for argv, message in ((["--config", str(tmp_path)], "is a directory"),
+                          (["--config", str(tmp_path / "binary.json")], "not UTF-8"),
+                          (["--config", str(tmp_path / "list.json")], "is a JSON object")):
+        assert distill.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: config ") and message in err and err.count("\n") == 1, err
+    (tmp_path / "a_file").write_text("mine")
+    config = str(REPO / "experiments" / "distill-cpu.json")
+    for workdir in (tmp_path / "a_file", tmp_path / "a_file" / "work"):
+        assert distill.main(["--config", config, "--workdir", str(workdir), "--stages", "report"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: workdir {workdir}: cannot create") and err.count("\n") == 1, err
+    assert (tmp_path / "a_file").read_text() == "mine"

@@ -75,6 +75,14 @@ def tiny_config(folder, output_dir, train_file="onestep.train.jsonl", **changes)
     return train.config_from_dict(values)
 
 
+def exit_code(main, argv) -> int:
+    """A script's exit status: what main returns, or the SystemExit it raises (file_io.exit_on_data_error)."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
 def losses(history):
     return [entry["loss"] for entry in history if "loss" in entry]
 
@@ -126,6 +134,91 @@ def test_shipped_configs_validate_and_model_shapes_match_the_spec():
     multi = yaml.safe_load((REPO / "training/accelerate.yaml").read_text())
     single = yaml.safe_load((REPO / "training/accelerate1.yaml").read_text())
     assert multi["distributed_type"] == "MULTI_GPU" and single["num_processes"] == 1
+
+
+@pytest.mark.parametrize("key, value", [
+    ("learning_rate", -1), ("learning_rate", 0), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
+    ("per_device_train_batch_size", 0), ("per_device_eval_batch_size", -4), ("max_steps", 0), ("max_steps", -2),
+    ("warmup_steps", -1), ("num_train_epochs", -1.0), ("num_train_epochs", float("nan")), ("max_length", 0),
+    ("weight_decay", -0.1), ("adam_beta2", 1.0), ("max_grad_norm", -1.0), ("eval_steps", -1), ("seed", -1),
+    ("max_train_seconds", -1.0), ("max_train_examples", 0), ("dataloader_num_workers", -1), ("sample_prompts", -1),
+    ("save_total_limit", 0), ("pad_to_multiple_of", -8), ("gradient_accumulation_steps", 0)])
+def test_numbers_out_of_range_name_the_key(key, value):
+    with pytest.raises(train.ConfigError, match=repr(key)):
+        train.config_from_dict({"train_file": "x.jsonl", key: value})
+
+
+def test_numbers_in_range_are_kept():
+    config = train.config_from_dict({"train_file": "x.jsonl", "max_steps": 5, "num_train_epochs": 0,
+                                     "warmup_steps": 0, "eval_steps": 0, "pad_to_multiple_of": None,
+                                     "save_total_limit": None, "max_grad_norm": 0, "weight_decay": 0})
+    assert (config.max_steps, config.num_train_epochs, config.pad_to_multiple_of) == (5, 0.0, None)
+    with pytest.raises(train.ConfigError, match="'num_train_epochs' must be > 0 when max_steps is -1"):
+        train.config_from_dict({"train_file": "x.jsonl", "num_train_epochs": 0})
+
+
+def test_cli_bad_config_files_and_values_are_one_line_errors(tmp_path, capsys):
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps({"train_file": str(tmp_path / "x.jsonl")}))
+    (tmp_path / "binary.json").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    (tmp_path / "nan.json").write_text('{"train_file": "x.jsonl", "learning_rate": NaN}')
+    cases = [(["--config", str(tmp_path)], "is a directory"), (["--config", str(tmp_path / "binary.json")], "UTF-8"),
+             (["--config", str(good), "-o", "learning_rate=-1", "--check"], "'learning_rate' must be > 0"),
+             (["--config", str(tmp_path / "nan.json"), "--check"], "'learning_rate' must be a finite number")]
+    for argv, message in cases:
+        assert train.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_cli_bad_model_config_is_one_line_error_before_tokenizing(data_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad-model.json").write_text('{"hidden_size": 32,')
+    (tmp_path / "list-model.json").write_text("[1, 2]")
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"train_file": str(data_dir / "onestep.train.jsonl"), "use_datasets": False,
+                                  "output_dir": str(tmp_path / "out"), "disable_tqdm": True}))
+    monkeypatch.setattr(train, "load_datasets", lambda *a, **k: pytest.fail("tokenized before the check"))
+    for name, message in (("bad-model.json", "not valid JSON"), ("list-model.json", "is a JSON object"),
+                          ("nothing.json", "not found")):
+        assert train.main(["--config", str(config), "-o", f"model_config={tmp_path / name}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / name}: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("use_datasets", [False, True])
+def test_cli_bad_train_file_is_one_line_error_and_leaves_no_run_folder(data_dir, tmp_path, capsys, use_datasets):
+    if use_datasets:
+        pytest.importorskip("datasets")
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"train_file": "x", "model_config": str(data_dir / "tiny-model.json"),
+                                  "tokenizer": str(data_dir / "tokenizer"), "output_dir": str(tmp_path / "out"),
+                                  "use_datasets": use_datasets, "disable_tqdm": True}))
+    for name, (path, pattern) in _bad_train_files(tmp_path, data_dir / "onestep.val.jsonl").items():
+        assert exit_code(train.main, ["--config", str(config), "-o", f"train_file={path}"]) == 2, name
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip() and "examples/s]" not in line]  # progress bars
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_failing_after_the_trainer_made_its_folder_leaves_none(data_dir, tmp_path):
+    """The Trainer creates the run folder; a failure before anything is written there removes it (and a
+    new output_dir), while an output_dir that was there stays."""
+    from transformers import TrainerCallback
+
+    class Fail(TrainerCallback):
+        def on_train_begin(self, *args, **kwargs):
+            raise RuntimeError("failed at the start")
+
+    for output_dir, kept in ((tmp_path / "new" / "deeper", tmp_path), (tmp_path / "old", tmp_path / "old")):
+        (tmp_path / "old").mkdir(exist_ok=True)
+        (tmp_path / "old" / "keep.txt").write_text("mine")
+        config = tiny_config(data_dir, output_dir, max_steps=2)
+        with pytest.raises(RuntimeError, match="failed at the start"):
+            train.train(config, callbacks=[Fail()])
+        assert not (Path(output_dir) / "run").exists() and kept.is_dir()
+    assert not (tmp_path / "new").exists() and (tmp_path / "old" / "keep.txt").read_text() == "mine"
 
 
 def test_wandb_is_optional_and_offline_by_default(monkeypatch):
@@ -190,6 +283,50 @@ def test_datasets_reader_gives_the_same_examples(data_dir, tmp_path):
     for index in range(len(plain)):
         assert np.array_equal(plain[index]["input_ids"], arrow[index]["input_ids"])
         assert plain[index]["n_prompt"] == arrow[index]["n_prompt"]
+
+
+def _bad_train_files(folder: Path, good: Path) -> dict:
+    """Broken train files: truncated, empty, without `target`, binary (a .pkl.gz), one row without `target`."""
+    import gzip
+
+    text = good.read_text()
+    rows = list(td.file_io.read_jsonl(good))
+    files = {"truncated": (text[: len(text) - 40], r":\d+: not valid JSON"), "empty": ("", "file has no rows"),
+             "no_target": ("".join(json.dumps({k: v for k, v in r.items() if k != "target"}) + "\n"
+                                   for r in rows), r"lack.*'target'"),
+             "one_without_target": ("".join(json.dumps({k: v for k, v in r.items() if k != "target" or i != 3})
+                                            + "\n" for i, r in enumerate(rows)), r"(:4|row 4): row lacks \['target'\]"),
+             "binary": (None, "not UTF-8 text")}
+    paths = {}
+    for name, (content, pattern) in files.items():
+        path = folder / (f"{name}.pkl.gz" if content is None else f"{name}.jsonl")
+        if content is None:
+            path.write_bytes(gzip.compress(b"\x80\x04\x95binary pickle" * 50))
+        else:
+            path.write_text(content)
+        paths[name] = (path, pattern)
+    return paths
+
+
+@pytest.mark.parametrize("use_datasets", [False, True])
+@pytest.mark.parametrize("name", ["truncated", "empty", "no_target", "one_without_target", "binary"])
+def test_a_bad_train_file_is_one_data_error_naming_it(data_dir, tmp_path, use_datasets, name):
+    if use_datasets:
+        pytest.importorskip("datasets")
+    tokenizer = tk.load_tokenizer(data_dir / "tokenizer")
+    path, pattern = _bad_train_files(tmp_path, data_dir / "onestep.val.jsonl")[name]
+    with pytest.raises(td.DataFileError, match=pattern) as error:
+        td.load_examples(path, tokenizer, "onestep", 1024, use_datasets=use_datasets, cache_dir=str(tmp_path / "c"))
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_an_empty_val_file_is_allowed_by_both_readers(data_dir, tmp_path):
+    tokenizer = tk.load_tokenizer(data_dir / "tokenizer")
+    (tmp_path / "empty.val.jsonl").write_text("")
+    for use_datasets in (False, True) if td.datasets_available() else (False,):
+        examples = td.load_examples(tmp_path / "empty.val.jsonl", tokenizer, "onestep", 1024, allow_empty=True,
+                                    use_datasets=use_datasets, cache_dir=str(tmp_path / "c"))
+        assert len(examples) == 0 and examples.report.rows == 0
 
 
 def test_length_grouped_sampler_keeps_padding_under_ten_percent():
