@@ -1,7 +1,7 @@
 """The distillation study: synthetic expressions -> BasicSR traces -> training data -> tiny model -> evaluation.
 
     python experiments/distill.py --config experiments/distill-h100.json            # GPU machine, < 9 min
-    python experiments/distill.py --config experiments/distill-cpu.json             # laptop, about a minute
+    python experiments/distill.py --config experiments/distill-cpu.json             # laptop, ~80 s
     python experiments/distill.py --config ... --stages train,evaluate,report       # some stages only
 
 One command runs the whole study as stages, each a call of the project's
@@ -14,8 +14,11 @@ written to the study log):
                  problems (problems.matches_benchmark): the training data
                  must contain none of them
     convert      one_step_conversion.py, one run per conversion variant
-    train        train.py, one run per model (all models at once: a tiny
-                 model leaves most of a GPU idle)
+    train        train.py, one run per trained model (all models at once: a
+                 tiny model leaves most of a GPU idle)
+    dagger       dagger.py, one loop per DAgger model: rollouts of a trained
+                 or given model on the study's expressions, the expert's
+                 labels, fine-tuning mixed with that model's imitation data
     evaluate     simple_evaluation.py, one run per evaluation (BasicSR and
                  NeuralSR on the benchmark problems; ablations NeuralSR only);
                  evaluations run at once, group by group (an evaluation
@@ -30,6 +33,14 @@ Every command, its wall time and its log file are recorded in
 
 The config (experiments/*.json) names the work folder, the master seed and,
 per stage, the flags given to each script (a value `true` is a bare flag).
+A model is one of three kinds:
+
+    trained  {"conversion": C, "config": "training/....json", "overrides": {...}}
+             train.py on conversion C's train file
+    given    {"checkpoint": "models/neuralsr-tiny"}: an existing checkpoint
+    dagger   {"dagger_from": M, "conversion": C, "options": {dagger.py flags,
+             "--iterations" required}, "overrides": {train.py keys}}: DAgger
+             from model M (trained or given), C being M's imitation data
 """
 
 from __future__ import annotations
@@ -52,10 +63,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import dagger  # noqa: E402
 import file_io  # noqa: E402
 from progress import format_seconds  # noqa: E402
 
-STAGES = ("expressions", "traces", "check", "convert", "train", "evaluate", "report")
+STAGES = ("expressions", "traces", "check", "convert", "train", "dagger", "evaluate", "report")
 TOGETHER = {"check": "convert"}  # the check's jobs run beside the conversions' (they read the same files)
 
 
@@ -124,12 +136,9 @@ def load_config(path: Path) -> dict:
         if not isinstance(config[key], dict) or not all(isinstance(v, dict) for v in config[key].values()):
             raise StudyError(f"config {path}: {key!r} must be an object of named objects, got {config[key]!r}")
     for name, model in config["models"].items():
-        if not isinstance(model.get("config"), str):
-            raise StudyError(f"config {path}: model {name!r} needs 'config' (a train.py run config path)")
-        if not isinstance(model.get("overrides", {}), dict):
-            raise StudyError(f"config {path}: model {name!r}: 'overrides' must be an object")
-        if model.get("conversion") not in config["conversions"]:
-            raise StudyError(f"config {path}: model {name!r} names unknown conversion {model.get('conversion')!r}")
+        problem = model_problem(model, config)
+        if problem:
+            raise StudyError(f"config {path}: model {name!r}: {problem}")
     for name, evaluation in config["evaluations"].items():
         group = evaluation.get("group", 0)
         if not isinstance(group, int) or isinstance(group, bool):
@@ -141,6 +150,33 @@ def load_config(path: Path) -> dict:
     return config
 
 
+def model_kind(model: dict) -> str:
+    """'given' (an existing checkpoint), 'dagger' (DAgger from another model) or 'trained'."""
+    return "given" if "checkpoint" in model else "dagger" if "dagger_from" in model else "trained"
+
+
+def model_problem(model: dict, config: dict) -> str | None:
+    """What is wrong with one model entry of the config, or None."""
+    kind = model_kind(model)
+    if kind == "given":
+        return None if isinstance(model["checkpoint"], str) and model["checkpoint"] else \
+            "'checkpoint' must be a checkpoint folder path"
+    if not isinstance(model.get("overrides", {}), dict):
+        return "'overrides' must be an object"
+    if model.get("conversion") not in config["conversions"]:
+        return f"names unknown conversion {model.get('conversion')!r}"
+    if kind == "trained":
+        return None if isinstance(model.get("config"), str) else "needs 'config' (a train.py run config path)"
+    source = config["models"].get(model["dagger_from"])
+    if not isinstance(source, dict) or model_kind(source) == "dagger":
+        return f"dagger_from {model['dagger_from']!r} must name a trained or given model"
+    options = model.get("options", {})
+    if not isinstance(options, dict) or not isinstance(options.get("--iterations"), int) \
+            or options["--iterations"] < 1:
+        return "'options' must be an object of dagger.py flags with \"--iterations\" >= 1"
+    return None
+
+
 def flags(options: dict) -> list[str]:
     """{"--n": 5, "--split": true, "--skip": false} -> ["--n", "5", "--split"]."""
     argv = []
@@ -150,6 +186,14 @@ def flags(options: dict) -> list[str]:
         argv.append(key)
         if value is not True:
             argv.append(str(value))
+    return argv
+
+
+def override_flags(overrides: dict) -> list[str]:
+    """train.py's `-o key=value` flags: {"max_steps": 5, "run_name": "x"} -> ["-o", "max_steps=5", "-o", "run_name=x"]."""
+    argv = []
+    for key, value in overrides.items():
+        argv += ["-o", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     return argv
 
 
@@ -197,8 +241,23 @@ class Study:
     def run_dir(self, model: str) -> Path:
         return self.workdir / "checkpoints" / model
 
+    def dagger_dir(self, model: str) -> Path:
+        return self.workdir / "dagger" / model
+
     def checkpoint(self, model: str) -> Path:
+        """The model's checkpoint folder: trained (run folder's final/), given, or a DAgger loop's last."""
+        entry = self.config["models"][model]
+        kind = model_kind(entry)
+        if kind == "given":
+            path = Path(entry["checkpoint"])
+            return path if path.is_absolute() else REPO / path
+        if kind == "dagger":  # the last iteration's fine-tuned model
+            last = dagger.iteration_folder(self.dagger_dir(model), entry["options"]["--iterations"])
+            return last / dagger.TRAIN_RUN / "final"
         return self.run_dir(model) / "final"
+
+    def models_of_kind(self, kind: str) -> list[str]:
+        return [name for name, model in self.config["models"].items() if model_kind(model) == kind]
 
     def evaluation_dir(self, evaluation: str) -> Path:
         return self.workdir / "eval" / evaluation
@@ -250,14 +309,28 @@ class Study:
 
     def _jobs_train(self) -> list[Job]:
         jobs = []
-        for name, model in self.config["models"].items():
+        for name in self.models_of_kind("trained"):
+            model = self.config["models"][name]
             overrides = {"train_file": self.arg(self.train_file(model["conversion"])),
                          "output_dir": self.arg(self.run_dir(name).parent),
                          "run_name": name, "seed": self.seed, "disable_tqdm": True, **model.get("overrides", {})}
-            argv = self.script("train.py") + ["--config", model["config"]]
-            for key, value in overrides.items():
-                argv += ["-o", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+            argv = self.script("train.py") + ["--config", model["config"]] + override_flags(overrides)
             jobs.append(Job("train", name, argv, [self.checkpoint(name) / "ttsr_train_meta.json"], self.log("train", name)))
+        return jobs
+
+    def _jobs_dagger(self) -> list[Job]:
+        jobs = []
+        for name in self.models_of_kind("dagger"):
+            model = self.config["models"][name]
+            options = {"--seed": self.seed, "--workers": self.workers, "--quiet": True, **model["options"]}
+            argv = (self.script("dagger.py")
+                    + ["--checkpoint", self.arg(self.checkpoint(model["dagger_from"])),
+                       "--expressions_file", self.arg(self.expressions),
+                       "--imitation_data", self.arg(self.train_file(model["conversion"])),
+                       "--output_dir", self.arg(self.dagger_dir(name)), "--resume"]  # a rerun continues the loop
+                    + flags(options) + override_flags({"disable_tqdm": True, **model.get("overrides", {})}))
+            jobs.append(Job("dagger", name, argv, [self.checkpoint(name) / "ttsr_train_meta.json"],
+                            self.log("dagger", name)))
         return jobs
 
     def _jobs_evaluate(self) -> list[Job]:
@@ -405,6 +478,17 @@ def training_curve(run_dir: Path) -> dict:
                       if key.startswith("eval_") or key in ("train_runtime", "train_loss")}}
 
 
+def dagger_summary(log_path: Path) -> dict:
+    """Per DAgger iteration: its seconds, each step's seconds and what its summary counted."""
+    if not log_path.exists():
+        return {}
+    log = json.loads(log_path.read_text())
+    return {"complete": log.get("complete"), "final_checkpoint": log.get("final_checkpoint"),
+            "iterations": [{"iteration": entry["iteration"], "seconds": entry.get("seconds"),
+                            "steps": {step["name"]: step.get("seconds") for step in entry["steps"]},
+                            **entry.get("summary", {})} for entry in log["iterations"]]}
+
+
 def count_lines(path: Path) -> int:
     if not path.exists():
         return 0
@@ -472,7 +556,10 @@ def build_report(study: Study, journal: list) -> dict:
             "train_examples": count_lines(train_file),
             "val_examples": count_lines(study.workdir / "data" / f"{name}.val.jsonl"),
             "sidecar": json.loads(sidecar.read_text()) if sidecar.exists() else None}
-    report["models"] = {name: training_curve(study.run_dir(name)) for name in study.config["models"]}
+    # A trained model's run folder, a DAgger model's last fine-tuning run (a given model has none here).
+    report["models"] = {name: training_curve(study.checkpoint(name).parent) for name in study.config["models"]}
+    report["dagger"] = {name: dagger_summary(study.dagger_dir(name) / dagger.LOG_NAME)
+                        for name in study.models_of_kind("dagger")}
     report["evaluations"] = {}
     for name in study.config["evaluations"]:
         path = study.evaluation_dir(name) / "evaluation.json"
@@ -535,7 +622,16 @@ def markdown(report: dict) -> str:
             first, last = curve["train"][0], curve["train"][-1]
             lines.append(f"- model `{name}`: loss {first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} (step {last[0]}); "
                          f"final {curve['final']}")
+    for name, loop in report.get("dagger", {}).items():
+        for entry in loop.get("iterations", []):
+            lines.append(f"- DAgger `{name}` iteration {entry['iteration']}: {entry.get('traces')} rollouts "
+                         f"(learner solved {fmt_share(entry.get('learner_solved_fraction'))}), "
+                         f"{entry.get('dagger_examples')} DAgger examples; {fmt(entry.get('seconds'))} s")
     return "\n".join(lines) + "\n"
+
+
+def fmt_share(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def fmt(value) -> str:
@@ -605,7 +701,7 @@ def main(argv=None) -> int:
             label = " + ".join([stage, *partners])
             print(f"[{number}/{len(steps)}] {label} (elapsed {format_seconds(elapsed)})", flush=True)
             if stage != "report":
-                parallel = stage in ("convert", "train", "evaluate") and not args.sequential
+                parallel = stage in ("convert", "train", "dagger", "evaluate") and not args.sequential
                 try:
                     run_jobs(study, stage, jobs, parallel, args.force, journal)
                 finally:

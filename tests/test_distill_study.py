@@ -34,15 +34,25 @@ def test_cpu_variant_runs_every_stage_and_reports(study):
     assert report["traces"]["records"] == 40
     for name in config["conversions"]:
         assert report["conversions"][name]["train_examples"] > 0
+    plan = distill.Study(config, workdir)
     for name in config["models"]:
-        assert (workdir / "checkpoints" / name / "final" / "model.safetensors").exists()
+        assert (plan.checkpoint(name) / "model.safetensors").exists()
         assert report["models"][name]["train"], name  # a loss curve
+    # The DAgger model was fine-tuned from `main` on the learner's states labelled by the expert.
+    tuned = json.loads((plan.checkpoint("dagger") / "ttsr_train_meta.json").read_text())
+    assert (workdir / "dagger" / "dagger" / "iter01") in plan.checkpoint("dagger").parents
+    resolved = json.loads((plan.checkpoint("dagger") / "resolved_config.json").read_text())
+    assert resolved["init_from"] == str(plan.checkpoint("main"))
+    assert tuned["train_examples"] > 0
+    loop = report["dagger"]["dagger"]
+    assert loop["complete"] and [entry["iteration"] for entry in loop["iterations"]] == [1]
+    assert loop["iterations"][0]["dagger_examples"] > 0 and loop["iterations"][0]["traces"] == 8
     assert set(report["evaluations"]) == set(config["evaluations"])
     main = report["evaluations"]["main-10"]["methods"]
     assert set(main) == {"basic", "neural"} and main["neural"]["runs"] == main["basic"]["runs"] == 5
     assert 0.0 <= main["neural"]["well_formed_rate"] <= 1.0
     stages = {entry["stage"] for entry in report["commands"]}
-    assert stages == {"expressions", "traces", "check", "convert", "train", "evaluate"}
+    assert stages == {"expressions", "traces", "check", "convert", "train", "dagger", "evaluate"}
     assert "| main-10 | neural |" in (workdir / "study.md").read_text()
     # Every recorded command is a plain command line of the project's scripts.
     assert all("python" in entry["command"] and entry["exit"] == 0 for entry in report["commands"])
@@ -100,6 +110,22 @@ def test_shipped_study_configs_are_valid():
                 assert not any(str(REPO) in part for part in job.argv[1:]), (stage, job.argv)
 
 
+def test_a_given_model_is_evaluated_and_tuned_without_training():
+    """A model {"checkpoint": path} has no train job; evaluations and DAgger loops start from that folder."""
+    config = json.loads((REPO / "experiments" / "distill-cpu.json").read_text())
+    config["models"]["shipped"] = {"checkpoint": "models/neuralsr-tiny"}
+    config["models"]["dagger"]["dagger_from"] = "shipped"
+    config["evaluations"]["main-10"]["model"] = "shipped"
+    study = distill.Study(config, workdir="/nonexistent")
+    assert study.checkpoint("shipped") == REPO / "models" / "neuralsr-tiny"
+    assert "shipped" not in [job.name for job in study.jobs("train")]
+    (loop,) = study.jobs("dagger")
+    assert loop.argv[loop.argv.index("--checkpoint") + 1] == "models/neuralsr-tiny"
+    assert "--resume" in loop.argv  # a rerun of the study continues the loop
+    evaluation = next(job for job in study.jobs("evaluate") if job.name == "main-10")
+    assert evaluation.argv[evaluation.argv.index("--checkpoint") + 1] == "models/neuralsr-tiny"
+
+
 def _write_config(folder: Path, name: str, change) -> Path:
     config = json.loads((REPO / "experiments" / "distill-cpu.json").read_text())
     change(config)
@@ -114,11 +140,17 @@ def _write_config(folder: Path, name: str, change) -> Path:
     ("workers", lambda c: c.update(workers=1.5), "'workers' must be a whole number"),
     ("models", lambda c: c.update(models="x"), "'models' must be an object of named objects, got 'x'"),
     ("model_entry", lambda c: c["models"].update(main=3), "'models' must be an object of named objects"),
-    ("model_config", lambda c: c["models"]["main"].pop("config"), "model 'main' needs 'config'"),
+    ("model_config", lambda c: c["models"]["main"].pop("config"), "model 'main': needs 'config'"),
     ("overrides", lambda c: c["models"]["main"].update(overrides=[1]), "'overrides' must be an object"),
     ("traces", lambda c: c.update(traces=["--quiet"]), "'traces' must be an object of script flags"),
     ("group", lambda c: c["evaluations"]["main-10"].update(group="first"), "'group' must be a whole number"),
     ("unknown", lambda c: c.update(worker=2), "unknown key 'worker'; did you mean 'workers'?"),
+    ("dagger_from", lambda c: c["models"]["dagger"].update(dagger_from="nope"),
+     "model 'dagger': dagger_from 'nope' must name a trained or given model"),
+    ("dagger_of_dagger", lambda c: c["models"].update(again={**c["models"]["dagger"], "dagger_from": "dagger"}),
+     "model 'again': dagger_from 'dagger' must name a trained or given model"),
+    ("iterations", lambda c: c["models"]["dagger"]["options"].pop("--iterations"), '"--iterations" >= 1'),
+    ("given", lambda c: c["models"].update(shipped={"checkpoint": 3}), "'checkpoint' must be a checkpoint folder"),
     ("unknown_far", lambda c: c.update(zzz=2), "unknown key 'zzz'; valid keys: workdir"),
 ])
 def test_bad_config_values_fail_with_one_line(tmp_path, capsys, name, change, message):
