@@ -3,7 +3,7 @@
 #   make test   - run the test suite  (PYTEST_ARGS="-k foo -x" to pass args)
 #   make demo   - run demo.py (BasicSR vs NeuralSR with the shipped model, CPU)
 #   make study  - the distillation study (experiments/distill.py; GPU machine, < 9 min)
-#   make study-cpu - its CPU-sized variant (~80 s, a DAgger round included; numbers meaningless)
+#   make study-cpu - its CPU-sized variant (~75 s, a DAgger round included; numbers meaningless)
 #   make bench  - run bench/bench_basic_sr.py
 #   make clean  - remove .venv and caches (never datasets/ or checkpoints/)
 

@@ -41,8 +41,10 @@ import datetime
 import difflib
 import hashlib
 import json
+import math
 import os
 import shlex
+import shutil
 import sys
 import time
 import types
@@ -246,8 +248,6 @@ RANGES = {
 
 def check_ranges(config: RunConfig) -> None:
     """Each numeric key finite and within its range (RANGES); ConfigError naming the key."""
-    import math
-
     for key, (low, inclusive) in RANGES.items():
         value = getattr(config, key)
         if value is None:
@@ -952,8 +952,6 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
 
 def remove_if_empty(folder: Path) -> bool:
     """Remove `folder` when it holds no file (only empty folders, at any depth); whether it did."""
-    import shutil
-
     if not folder.is_dir() or any(not p.is_dir() for p in folder.rglob("*")):
         return False
     shutil.rmtree(folder, ignore_errors=True)

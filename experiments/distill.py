@@ -1,7 +1,7 @@
 """The distillation study: synthetic expressions -> BasicSR traces -> training data -> tiny model -> evaluation.
 
     python experiments/distill.py --config experiments/distill-h100.json            # GPU machine, < 9 min
-    python experiments/distill.py --config experiments/distill-cpu.json             # laptop, ~80 s
+    python experiments/distill.py --config experiments/distill-cpu.json             # laptop, ~75 s
     python experiments/distill.py --config ... --stages train,evaluate,report       # some stages only
 
 One command runs the whole study as stages, each a call of the project's
