@@ -1,6 +1,6 @@
 """`make demo`: BasicSR and NeuralSR (the shipped checkpoint) side by side on the five harder problems, on the CPU.
 
-    python demo.py                         # both methods, 50 generations, seed 0 (about a minute on a laptop)
+    python demo.py                         # both methods, 50 generations, seed 0 (1-1.5 minutes on a laptop)
     python demo.py --methods basic --num_generations 1000
     python demo.py --checkpoint checkpoints/onestep-tiny/final --constrained
 
