@@ -80,12 +80,16 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[list[list
     """Token ids of prompt + target and the prompt length, for each (prompt, target).
 
     Prompt and target are tokenized apart: the ttsr tokenizer has no token
-    across a `<...>` marker, so this equals tokenizing the whole text.
+    across a `<...>` marker, so this equals tokenizing the whole text. Each
+    distinct prompt is tokenized once: a one-step dataset repeats a state's
+    prompt for every child of that state (up to population_size - 1 times).
     """
     if not pairs:
         return [], []
     encode = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    prompts = encode(p for p, _ in pairs)
+    distinct = list(dict.fromkeys(p for p, _ in pairs))
+    encoded = dict(zip(distinct, encode(distinct)))
+    prompts = [encoded[p] for p, _ in pairs]
     targets = encode(t for _, t in pairs)
     return [p + t for p, t in zip(prompts, targets)], [len(p) for p in prompts]
 

@@ -261,6 +261,17 @@ def test_examples_loss_mask_and_padding(data_dir):
     assert td.Collator(0, pad_to_multiple_of=8)([examples[0]])["input_ids"].shape[1] % 8 == 0
 
 
+def test_every_example_is_its_own_prompt_and_target_when_prompts_repeat(data_dir):
+    """encode_pairs tokenizes a repeated prompt once: each example is still exactly its own text."""
+    tokenizer = tk.load_tokenizer(data_dir / "tokenizer")
+    rows = list(td.file_io.read_jsonl(data_dir / "onestep.val.jsonl"))[:6]
+    prompts = [fu.build_prompt(row["context"], row["population"]) for row in rows]
+    pairs = [(prompts[i % 3], rows[i]["target"]) for i in (0, 1, 2, 0, 0, 1, 2, 2)] + [(prompts[3], "")]
+    ids, n_prompt = td.encode_pairs(tokenizer, pairs)
+    whole = tokenizer([p + t for p, t in pairs], add_special_tokens=False)["input_ids"]
+    assert ids == whole and n_prompt == [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p, _ in pairs]
+
+
 def test_overlong_examples_are_skipped_and_counted(data_dir):
     tokenizer = tk.load_tokenizer(data_dir / "tokenizer")
     examples = td.load_examples(data_dir / "onestep.train.jsonl", tokenizer, "onestep", 1024, use_datasets=False)
