@@ -268,14 +268,10 @@ def argument_problem(args) -> str | None:
     if args.n_points is not None and args.n_points < 2:
         return f"--n_points must be at least 2 (a fit needs 2 data points), got {args.n_points}"
     if args.json:  # a bad path fails now, not after the runs
-        target = Path(args.json)
-        if target.is_dir():
-            return f"--json {target}: is a folder; give a file path"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
-            return f"--json {target}: cannot create its folder ({reason})"
+            file_io.check_writable(args.json)
+        except file_io.OutputError as error:
+            return f"--json {error}"
     return None
 
 

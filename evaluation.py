@@ -516,17 +516,12 @@ def prepare_output_dir(path, flag: str = "--output_dir") -> Path:
 
 
 def prepare_output_file(path, flag: str = "--json") -> Path:
-    """Check an output file's place now, before any run: not a folder, its parent folder created;
-    EvaluationInputError (one line naming it) otherwise."""
-    target = Path(path)
-    if target.is_dir():
-        raise EvaluationInputError(f"{flag} {target}: is a folder; give a file path")
+    """Check an output file's place now, before any run (file_io.check_writable: not a folder, its folder
+    created and writable); EvaluationInputError (one line naming the flag and the path) otherwise."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = "a file is in the way" if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror
-        raise EvaluationInputError(f"{flag} {target}: cannot create its folder ({reason})") from None
-    return target
+        return file_io.check_writable(path)
+    except file_io.OutputError as error:
+        raise EvaluationInputError(f"{flag} {error}") from None
 
 
 def save_report(path, report: dict) -> Path:

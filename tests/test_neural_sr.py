@@ -325,7 +325,7 @@ def test_batched_cli_checks_the_json_path_before_the_runs(tiny_checkpoint, tmp_p
               "1", "--device", "cpu", "--quiet"]
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    for target, message in ((tmp_path, "is a folder"), (a_file / "runs.json", "cannot create its folder")):
+    for target, message in ((tmp_path, "is a folder"), (a_file / "runs.json", "cannot be written (a file is in the way")):
         assert bns.main([*common, "--json", str(target)]) == 2
         captured = capsys.readouterr()
         err = captured.err.strip().splitlines()

@@ -134,8 +134,8 @@ def test_output_locations_are_checked_before_any_run(tiny_checkpoint, tmp_path):
                                                       *SMALL, "--output_dir", str(output_dir)])
         assert code == 2 and out == "" and err.strip().splitlines() == [
             f"error: --output_dir {output_dir}: cannot create the folder (a file is in the way)"]
-    for target, message in ((a_file / "x.json", "cannot create its folder (a file is in the way)"),
-                            (tmp_path, "is a folder; give a file path")):
+    for target, message in ((a_file / "x.json", "cannot be written (a file is in the way of its folder)"),
+                            (tmp_path, "is a folder, not a file")):
         code, out, err = run_main(neural_comparison, ["--problem", "quadratic", "--checkpoint", str(tiny_checkpoint),
                                                       *SMALL, "--json", str(target)])
         assert code == 2 and out == "" and err.strip().splitlines() == [f"error: --json {target}: {message}"]
