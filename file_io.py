@@ -49,6 +49,7 @@ human-readable outputs and use the same atomic write.
 
 import builtins
 import datetime
+import errno
 import gzip
 import io
 import json
@@ -237,13 +238,18 @@ def atomic_open(path, mode: str = "wb", *, overwrite: bool = True):
     except OSError as exc:
         raise _output_error(final, exc) from None
     try:
-        with handle:
-            yield handle
-            try:
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError as exc:
+        try:
+            with handle:
+                yield handle
+                try:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except OSError as exc:
+                    raise _output_error(final, exc) from None
+        except OSError as exc:  # a write in the block (or the close after it) found the disk full
+            if exc.errno in _DISK_FULL and not isinstance(exc, OutputError):
                 raise _output_error(final, exc) from None
+            raise
         _refuse_non_regular(final)  # it may have appeared while the block ran
         try:
             if overwrite:
@@ -258,6 +264,12 @@ def atomic_open(path, mode: str = "wb", *, overwrite: bool = True):
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(final.parent)
+
+
+# errnos that only writing raises: a write inside atomic_open's block failing with one of them is the
+# output's problem (one line naming it), whatever else the block was doing.
+_DISK_FULL = frozenset(code for code in (getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG"))
+                       if code is not None)
 
 
 def check_writable(path) -> Path:

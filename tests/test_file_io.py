@@ -505,6 +505,24 @@ def test_a_failed_rename_is_reported_with_the_final_path(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_during_the_block_is_one_line_naming_the_output(tmp_path):
+    """ENOSPC from a write inside the block is the output's problem; other errors keep their own type."""
+    import errno
+
+    path = tmp_path / "out.pkl.gz"
+    save(path, "traces", [1], {})
+    before = path.read_bytes()
+    with pytest.raises(file_io.OutputError) as info:
+        with file_io.atomic_open(path, "wb"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(info.value) == f"{path}: cannot be written (No space left on device)"
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.pkl.gz"]
+    with pytest.raises(FileNotFoundError):  # e.g. an input the block reads: not the output's fault
+        with file_io.atomic_open(path, "wb"):
+            open(tmp_path / "no_such_input")
+    assert path.read_bytes() == before
+
+
 def test_check_writable_makes_the_folder_and_leaves_no_probe(tmp_path):
     path = tmp_path / "new" / "out.pkl.gz"
     assert file_io.check_writable(path) == path
