@@ -18,6 +18,7 @@ echo "study exit $?" >> "$out/study_stdout.txt"
 test -f "$workdir/study.json" || python3 experiments/distill.py --config "$config" --stages report \
   >> "$out/study_stdout.txt" 2>&1
 tar -czf "$out/study.tgz" --exclude='*.safetensors' --exclude='*.jsonl' --exclude='*.pkl.gz' \
-  --exclude='checkpoint-*' --exclude='tokenizer*' "$workdir" 2>> "$out/study_stdout.txt"
+  --exclude='checkpoint-*' --exclude='tokenizer*' -C "$(dirname "$workdir")" "$(basename "$workdir")" \
+  2>> "$out/study_stdout.txt"
 cp "$workdir/study.md" "$out/" 2>/dev/null
 tail -n 40 "$out/study_stdout.txt"
