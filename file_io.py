@@ -631,6 +631,24 @@ def _json_default(value):
     raise TypeError(f"cannot write a {type(value).__name__} object as JSON")
 
 
+def read_json(path, what: str = "file"):
+    """The JSON value in `path` (a config, say); DataFileError, one line naming the file and `what` it
+    should be, when it is missing, a folder, not UTF-8 text, unreadable or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataFileError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise DataFileError(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError:
+        raise DataFileError(f"{path}: not UTF-8 text (JSON is expected)") from None
+    except OSError as error:
+        raise DataFileError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    except json.JSONDecodeError as error:
+        raise DataFileError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
 def read_jsonl(path, *, require_nonempty: bool = False) -> Iterator[dict]:
     """Iterate over the JSON objects of a JSON Lines file; blank lines are skipped.
 

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+import file_io
+
 REPO = Path(__file__).resolve().parent
 CHECKPOINT_META = "ttsr_train_meta.json"  # written last into every checkpoint: its presence means complete
 RESOLVED_CONFIG = "resolved_config.json"
@@ -217,19 +219,11 @@ def load_config(path, overrides=()) -> RunConfig:
 
 
 def read_json_file(path: Path, what: str):
-    """The JSON in `path`; ConfigError naming the file when it is missing, a folder, binary or not JSON."""
+    """file_io.read_json, its one-line error as a ConfigError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a {what}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text (a {what} is JSON)") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        return file_io.read_json(path, what)
+    except file_io.DataFileError as error:
+        raise ConfigError(str(error)) from None
 
 
 # Allowed ranges of the numeric keys: (lowest value, whether the lowest value itself is allowed); None
@@ -793,8 +787,6 @@ def choose_run_dir(config: RunConfig, resume: Path | None) -> Path:
 
 
 def write_json(path: Path, content: dict) -> None:
-    import file_io
-
     with file_io.atomic_open(path, "w") as handle:
         json.dump(content, handle, indent=2, sort_keys=True)
         handle.write("\n")
@@ -802,7 +794,6 @@ def write_json(path: Path, content: dict) -> None:
 
 def write_checkpoint_extras(folder: Path, config: RunConfig, tokenizer, info: dict, step: int) -> None:
     """Tokenizer, resolved config, code version; the meta file last (its presence = complete)."""
-    import file_io
     import tokenizer as tk
 
     if not (folder / "tokenizer.json").exists():
@@ -1053,8 +1044,6 @@ def main(argv=None) -> int:
         if args.check:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
-        import file_io
-
         with file_io.exit_on_data_error():
             train(config, args.config, argv=None if argv is None else ["train.py", *argv])
     except ConfigError as error:

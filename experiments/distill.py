@@ -101,17 +101,9 @@ class Job:
 def load_config(path: Path) -> dict:
     """The study config, with its sections checked (one-line errors)."""
     try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StudyError(f"config {path}: file not found") from None
-    except IsADirectoryError:
-        raise StudyError(f"config {path}: is a directory, not a config file") from None
-    except UnicodeDecodeError:
-        raise StudyError(f"config {path}: not UTF-8 text (a study config is JSON)") from None
-    except OSError as error:
-        raise StudyError(f"config {path}: cannot read it ({error.strerror or error})") from None
-    except json.JSONDecodeError as error:
-        raise StudyError(f"config {path}: not valid JSON ({error})") from None
+        config = file_io.read_json(path)
+    except file_io.DataFileError as error:
+        raise StudyError(f"config {error}") from None
     if not isinstance(config, dict):
         raise StudyError(f"config {path}: a study config is a JSON object, got {type(config).__name__}")
     for key in config:
