@@ -278,7 +278,7 @@ def output_path(args) -> Path:
     if args.in_place:
         return Path(args.input)
     output = Path(args.output)
-    if output.exists() and output.resolve() == Path(args.input).resolve():
+    if output.exists() and file_io.same_file(output, args.input):
         raise UsageError(f"{output}: is the input file; use --in_place to relabel it in place")
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output}: already exists (use --overwrite to replace it)")
