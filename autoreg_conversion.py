@@ -50,6 +50,7 @@ class AutoregOptions:
     keep_elite_copies: bool = False
     sample_fraction: float = 1.0
     seed: int = 0
+    parentheses: str = "full"  # how expressions are written (format_utils.PARENTHESES)
 
 
 def autoreg_examples(trace: dict, context: fu.ProblemContext, options: AutoregOptions = AutoregOptions(),
@@ -81,8 +82,9 @@ def autoreg_examples(trace: dict, context: fu.ProblemContext, options: AutoregOp
         previous = generation - 1
         yield {
             "context": context.text(previous),
-            "population": fu.format_population([expressions[i] for i in population[previous]], fitnesses[previous]),
-            "target": fu.format_population_target(children),
+            "population": fu.format_population([expressions[i] for i in population[previous]], fitnesses[previous],
+                                               options.parentheses),
+            "target": fu.format_population_target(children, options.parentheses),
             "expression_id": expression_id,
             "metadata": {"generation": generation, "n_targets": len(children), "source": source_name},
         }
@@ -113,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(args, argv: list[str]) -> dict:
     """The CLI body: check options, load, convert, write (see conversion_common.run_conversion)."""
     cc.check_common_arguments(args)
-    args.output = args.output or cc.default_output("autoreg", [args.context_type], args.input)
+    args.output = args.output or cc.default_output("autoreg", [args.context_type], args.input, args.parentheses)
     cc.check_outputs(args)
     data = cc.load_trace_input(args.input, args.context_type, args.expressions_file)
-    options = AutoregOptions(args.keep_elite_copies, args.sample_fraction, args.seed)
+    options = AutoregOptions(args.keep_elite_copies, args.sample_fraction, args.seed, args.parentheses)
     source = str(args.input)
     conversion = cc.trace_conversion("autoreg", data, functools.partial(item_lines, options=options, source=source),
                                      args, keep_elite_copies=args.keep_elite_copies)

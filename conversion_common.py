@@ -287,8 +287,9 @@ class Reservoir:
 # Outputs
 
 
-def default_output(kind: str, parts: Iterable[str], input_path) -> Path:
-    """datasets/training/{kind}_{part_part...}_{input stem}.jsonl"""
+def default_output(kind: str, parts: Iterable[str], input_path, parentheses: str = "full") -> Path:
+    """datasets/training/{kind}_{part_part...}[_minparen]_{input stem}.jsonl"""
+    parts = [*parts, "minparen" if parentheses == "minimal" else ""]
     name = "_".join([kind, *[p for p in parts if p], file_stem(input_path)])
     return DEFAULT_OUTPUT_DIR / f"{name}.jsonl"
 
@@ -629,6 +630,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, input_help: str, expre
     add("--val_fraction", type=float, default=None,
         help=f"share of expressions in the val file with --split (default {DEFAULT_VAL_FRACTION})")
     add("--seed", type=int, default=0, help="seed of the split, the sampling and the token-statistics sample")
+    add("--parentheses", choices=fu.PARENTHESES, default="full",
+        help="how expressions are written: 'full' brackets every binary operation, '((x0*x0)+1.0)' (the shipped "
+             "model's); 'minimal' only where precedence needs it, 'x0*x0+1.0' (about 30%% fewer tokens per "
+             "expression); recorded in the sidecar, and from there in every checkpoint trained on the data")
     add("--tokenizer_dir", default=None, help="where to save the tokenizer (default: <output folder>/tokenizer)")
     add("--overwrite", action="store_true", help="replace existing output files")
     add("--workers", type=int, default=1, help="worker processes (the output does not depend on it)")
@@ -654,7 +659,8 @@ def check_common_arguments(args) -> None:
 def common_parameters(args) -> dict:
     """The shared options as recorded in the sidecar."""
     return {key: getattr(args, key) for key in
-            ("input", "output", "expressions_file", "sample_fraction", "split", "val_fraction", "seed")}
+            ("input", "output", "expressions_file", "sample_fraction", "split", "val_fraction", "seed",
+             "parentheses")}
 
 
 def run_cli(build_parser: Callable[[], argparse.ArgumentParser], convert: Callable[[object, list], object],

@@ -171,7 +171,8 @@ def iteration_steps(args, it: Iteration) -> list[Step]:
     relabel = ["--input", str(paths["traces"]), "--output", str(paths["relabelled"]), "--seed", seed,
                "--workers", str(args.workers)]
     convert = ["--input", str(paths["relabelled"]), "--dagger", "--split", "--val_fraction", str(args.val_fraction),
-               "--context_type", args.context_type, "--sample_fraction", str(args.sample_fraction), "--seed", seed,
+               "--context_type", args.context_type, "--parentheses", checkpoint_prompt(args)["parentheses"],
+               "--sample_fraction", str(args.sample_fraction), "--seed", seed,
                "--output", str(paths["dagger"]), "--tokenizer_dir", str(paths["tokenizer"]),
                "--workers", str(args.workers)]
     fine_tune = ["--config", str(args.config)]
@@ -523,12 +524,41 @@ def check_args(args) -> None:
         args.config = str(REPO / args.config)
 
 
+def checkpoint_prompt(args) -> dict:
+    """The starting checkpoint's prompt settings (neural_sr.checkpoint_settings); every round's DAgger data is
+    written the same way (its parentheses), and the fine-tuned checkpoints keep them."""
+    from neural_sr import CheckpointError, checkpoint_settings
+
+    try:
+        return checkpoint_settings(args.checkpoint)
+    except CheckpointError as error:
+        raise UsageError(f"{error} (--checkpoint)") from None
+
+
+def check_prompt_settings(args) -> None:
+    """UsageError when the imitation data (by its conversion sidecar) or --context_type writes prompts other
+    than the checkpoint was trained on: fine-tuning on a mix of two prompt styles would be silent damage."""
+    model = checkpoint_prompt(args)
+    try:
+        data = train.training_prompt_settings(args.imitation_data) or {}
+    except (OSError, ValueError, AttributeError) as error:
+        raise UsageError(f"{args.imitation_data}: its conversion sidecar is unreadable ({error}) "
+                         f"(--imitation_data)") from None
+    for key, value, source in (("context_type", args.context_type, "--context_type"),
+                               ("context_type", data.get("context_type"), f"{args.imitation_data} (its sidecar)"),
+                               ("parentheses", data.get("parentheses"), f"{args.imitation_data} (its sidecar)")):
+        if value is not None and model[key] is not None and value != model[key]:
+            raise UsageError(f"{source}: {key} {value!r}, but checkpoint {args.checkpoint} was trained on "
+                             f"{key} {model[key]!r}")
+
+
 def check_inputs(args) -> None:
     """Every input checked before iteration 1 (a dry run too); UsageError naming the option and the file.
 
     The checkpoint is a folder holding a readable config.json and a
     tokenizer; the expressions file loads as kind 'expressions'; the
-    imitation data is a JSONL file whose first row reads; the fine-tuning
+    imitation data is a JSONL file whose first row reads, and it and
+    --context_type write the checkpoint's prompts; the fine-tuning
     config resolves with the -o overrides and the loop's own (train.py's
     own validation, no model built); --output_dir is, or can become, a folder.
     """
@@ -554,6 +584,7 @@ def check_inputs(args) -> None:
         raise UsageError(f"{error} (--imitation_data)") from None
     if first_row is None:
         raise UsageError(f"{args.imitation_data}: file has no rows (--imitation_data)")
+    check_prompt_settings(args)
     check_output_dir(Path(args.output_dir))
     first = Iteration(1, iteration_folder(args.output_dir, 1), iteration_seed(args.seed, 1), str(checkpoint))
     try:

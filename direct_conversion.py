@@ -59,6 +59,7 @@ class DirectOptions:
     max_points: int = DEFAULT_MAX_POINTS  # 0 = all
     sample_fraction: float = 1.0
     seed: int = 0
+    parentheses: str = "full"  # how the target expression is written (format_utils.PARENTHESES)
 
 
 def float32_list(values) -> list:
@@ -77,7 +78,7 @@ def direct_examples(record: dict, options: DirectOptions = DirectOptions(), data
         counts["sampled_out"] += 1
         return
     X, y = np.asarray(record["X"]), np.asarray(record["y"])
-    row = {"expression_id": expression_id, "target": fu.format_target(record["expression"]),
+    row = {"expression_id": expression_id, "target": fu.format_target(record["expression"], options.parentheses),
            "n_vars": int(record.get("n_vars", X.shape[1] if X.ndim == 2 else 1)), "n_points": int(len(y))}
     if options.inline_data:
         rows = slice(None, options.max_points or None)
@@ -133,10 +134,11 @@ def convert(args, argv: list[str]) -> dict:
     cc.check_common_arguments(args)
     if args.max_points < 0:
         raise cc.UsageError(f"--max_points must be at least 0, got {args.max_points}")
-    args.output = args.output or cc.default_output("direct", ["inline" if args.inline_data else ""], args.input)
+    args.output = args.output or cc.default_output("direct", ["inline" if args.inline_data else ""], args.input,
+                                                   args.parentheses)
     cc.check_outputs(args)
     records, expressions_path, sources, metadata = load_direct_input(args.input, args.expressions_file)
-    options = DirectOptions(args.inline_data, args.max_points, args.sample_fraction, args.seed)
+    options = DirectOptions(args.inline_data, args.max_points, args.sample_fraction, args.seed, args.parentheses)
     source = str(args.input)
     conversion = cc.Conversion(
         name="direct", items=records, unit="expressions",

@@ -10,8 +10,9 @@ the evolutionary loop fast: a node is an index, a subtree is a slice, crossover
 is tuple concatenation, and a tuple is hashable, so fitnesses can be cached by
 expression.
 
-Printing is fully parenthesised with single spaces, constants as Python floats
-(`1.0`, `-2.5`, `1e-05`); `expression_parser.parse` reads it back exactly.
+Printing is fully parenthesised with single spaces (or, on request, with
+only the parentheses precedence needs), constants as Python floats (`1.0`,
+`-2.5`, `1e-05`); `expression_parser.parse` reads either back exactly.
 Size is the node count; depth counts edges (a lone leaf has depth 0).
 """
 
@@ -132,8 +133,29 @@ def format_constant(value: float) -> str:
     return repr(float(value))
 
 
-def to_string(expression: Expression) -> str:
-    """Fully parenthesised infix text, e.g. '((x0 * x0) + 1.0)'."""
+PARENTHESES = ("full", "minimal")  # how to_string parenthesises binary operations
+
+
+def to_string(expression: Expression, parentheses: str = "full") -> str:
+    """Infix text with single spaces: '((x0 * x0) + 1.0)', or with `parentheses="minimal"` 'x0 * x0 + 1.0'.
+
+    Minimal printing keeps only the parentheses that the registry's
+    precedences and left associativity need: a left operand is bracketed when
+    it binds more loosely than its operator, a right operand when it binds no
+    tighter (`x0 - (x1 - x2)`, `x0 / (x1 * x2)`). Either text parses back to
+    the same tuple.
+    """
+    return _minimal_string(expression) if check_parentheses(parentheses) == "minimal" else _full_string(expression)
+
+
+def check_parentheses(parentheses: str) -> str:
+    """`parentheses` when it is one of PARENTHESES, else a ValueError naming it."""
+    if parentheses not in PARENTHESES:
+        raise ValueError(f"parentheses must be one of {', '.join(PARENTHESES)}, got {parentheses!r}")
+    return parentheses
+
+
+def _full_string(expression: Expression) -> str:
     stack: list[str] = []
     for token in reversed(expression):
         if token.__class__ is float:
@@ -147,6 +169,31 @@ def to_string(expression: Expression) -> str:
         else:
             stack.append(token)
     return stack[0]
+
+
+ATOM_PRECEDENCE = math.inf  # leaves and function calls never need brackets
+PRECEDENCE = {symbol: op.precedence for symbol, op in BINARY_OPERATORS.items()}
+
+
+def _minimal_string(expression: Expression) -> str:
+    stack: list[tuple[str, float]] = []  # (text, precedence of its outermost operator)
+    for token in reversed(expression):
+        if token.__class__ is float:
+            stack.append((format_constant(token), ATOM_PRECEDENCE))
+        elif token in BINARY_OPERATORS:
+            precedence = PRECEDENCE[token]
+            left, left_precedence = stack.pop()
+            right, right_precedence = stack.pop()
+            if left_precedence < precedence:
+                left = f"({left})"
+            if right_precedence <= precedence:
+                right = f"({right})"
+            stack.append((f"{left} {token} {right}", precedence))
+        elif token in UNARY_OPERATORS:
+            stack.append((f"{token}({stack.pop()[0]})", ATOM_PRECEDENCE))
+        else:
+            stack.append((token, ATOM_PRECEDENCE))
+    return stack[0][0]
 
 
 def variables_used(expression: Expression) -> set[str]:

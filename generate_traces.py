@@ -406,6 +406,7 @@ def neural_settings(parameters: dict) -> dict:
         raise UsageError(f"--mode is {parameters['mode']!r} but checkpoint {folder} was trained for {trained_for!r}")
     sampling = {key: parameters[key] for key in ("mode", "temperature", "top_k", "top_p", "batch_size")}
     sampling["context_type"] = parameters["context_type"] or saved["context_type"]
+    sampling["parentheses"] = saved["parentheses"]
     sampling["constrained"] = bool(parameters.get("constrained", False))
     return {"checkpoint": str(folder), "checkpoint_sha256": checkpoint_fingerprint(folder), "sampling": sampling}
 

@@ -195,7 +195,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def checkpoint_settings(folder) -> dict:
-    """What a train.py checkpoint says about its prompts: mode, context_type, max_target_tokens (None: unknown).
+    """What a train.py checkpoint says about its prompts: mode, context_type, parentheses, max_target_tokens
+    (None: unknown; parentheses "full" when not recorded, as every checkpoint before the option was).
 
     From the resolved run config and the meta file's `prompt` entry (the
     training data's settings); for checkpoints saved without that entry, from
@@ -211,7 +212,7 @@ def checkpoint_settings(folder) -> dict:
         prompt = train.training_prompt_settings(resolved["train_file"])
     prompt = prompt or {}
     return {"mode": resolved.get("mode"), "context_type": prompt.get("context_type"),
-            "max_target_tokens": prompt.get("max_target_tokens")}
+            "parentheses": prompt.get("parentheses") or "full", "max_target_tokens": prompt.get("max_target_tokens")}
 
 
 def checkpoint_fingerprint(folder) -> str:
@@ -231,7 +232,8 @@ class Proposer:
     """A checkpoint's model, tokenizer, prompt settings and fast sampler: loaded once, shared by many searches."""
 
     def __init__(self, model, tokenizer, *, mode: str | None, context_type: str, max_new_tokens: int | None = None,
-                 checkpoint=None, device=None, dtype=None, compile="cuda_graphs", attention: str | None = None):
+                 checkpoint=None, device=None, dtype=None, compile="cuda_graphs", attention: str | None = None,
+                 parentheses: str = "full"):
         import torch
 
         import point_embedder as pe
@@ -243,6 +245,7 @@ class Proposer:
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.mode = mode  # "one_step", "autoreg", or None when the checkpoint does not say
         self.context_type = context_type
+        self.parentheses = ex.check_parentheses(parentheses)  # how the prompts write expressions
         self.max_new_tokens = max_new_tokens  # None: each search bounds it by its own limits
         self.device = resolve_device(device)
         if dtype is None:
@@ -307,7 +310,7 @@ class Proposer:
                 hf_logging.enable_progress_bar()
         return cls(model, tokenizer, mode=TRAINING_MODES.get(settings["mode"]), context_type=context_type,
                    max_new_tokens=max_new_tokens, checkpoint=folder, device=device, dtype=dtype, compile=compile,
-                   attention=attention)
+                   attention=attention, parentheses=settings["parentheses"])
 
     def __repr__(self) -> str:
         return f"Proposer({str(self.checkpoint)!r})" if self.checkpoint else "Proposer(<in memory>)"
@@ -613,7 +616,8 @@ class NeuralSR(BasicSR):
     def _request(self, population, fitnesses, generation: int) -> ProposalRequest:
         # The state children of `generation` are made from is generation - 1 (as one_step_conversion writes it).
         state = fu.PromptState(generation - 1, list(population), fitnesses, self.n_features_in_, self._binary,
-                               self._unary, tuple(self._constants), self._X, self._y, self._proposer.context_type)
+                               self._unary, tuple(self._constants), self._X, self._y, self._proposer.context_type,
+                               self._proposer.parentheses)
         n_samples = len(population) - 1 if self.mode == "one_step" else 1
         return ProposalRequest(state, n_samples, derive_seed(self._sampling_seed, SAMPLING_STREAM, generation),
                                float(self.temperature), int(self.top_k), float(self.top_p), self._max_new_tokens,

@@ -85,6 +85,7 @@ class OneStepOptions:
     keep_elite_copies: bool = False
     sample_fraction: float = 1.0
     seed: int = 0
+    parentheses: str = "full"  # how expressions are written (format_utils.PARENTHESES)
 
 
 # --------------------------------------------------------------------------
@@ -148,12 +149,13 @@ def transitions(trace: dict, context: fu.ProblemContext, options: OneStepOptions
         if not targets:
             continue
         previous = generation - 1
-        population_text = fu.format_population([expressions[i] for i in population[previous]], fitnesses[previous])
+        population_text = fu.format_population([expressions[i] for i in population[previous]], fitnesses[previous],
+                                               options.parentheses)
         formatted = []
         for slot, expression, origin in targets:
             text = target_texts.get(expression)
             if text is None:
-                text = target_texts[expression] = fu.format_target(expression)
+                text = target_texts[expression] = fu.format_target(expression, options.parentheses)
             formatted.append((slot, text, origin))
         yield generation, context.text(previous), population_text, formatted
 
@@ -285,14 +287,15 @@ def convert(args, argv: list[str]) -> dict:
     if args.dagger and args.ancestors_only:
         raise cc.UsageError("--dagger and --ancestors_only exclude each other "
                             "(the ancestry belongs to the learner's run, not to the expert's labels)")
-    args.output = args.output or cc.default_output("onestep", [args.context_type, variant_name(args)], args.input)
+    args.output = args.output or cc.default_output("onestep", [args.context_type, variant_name(args)], args.input,
+                                                   args.parentheses)
     cc.check_outputs(args)
     data = cc.load_trace_input(args.input, args.context_type, args.expressions_file)
     if args.dagger and not any("dagger_expressions" in trace for trace in data.traces):
         raise DataFileError(f"{args.input}: no trace carries DAgger labels (dagger_expressions); "
                             "relabel NeuralSR traces with the expert first")
     options = OneStepOptions(args.ancestors_only, args.dagger, args.keep_elite_copies, args.sample_fraction,
-                             args.seed)
+                             args.seed, args.parentheses)
     source = str(args.input)
     conversion = cc.trace_conversion("one_step", data, functools.partial(item_lines, options=options, source=source),
                                      args, ancestors_only=args.ancestors_only, dagger=args.dagger,

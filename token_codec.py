@@ -85,7 +85,7 @@ class PromptEncoder:
         self._any_word = re.compile("|".join(map(re.escape, words))).search if words else lambda text: None
         self._contexts = _Memo(4096)
         self._atoms = _Memo(max_entries)
-        self._trees = _Memo(max_entries)
+        self._trees = {parentheses: _Memo(max_entries) for parentheses in fu.PARENTHESES}
         self._fitness_texts = _Memo(max_entries)
         self.prompts = 0  # built so far; the first and every CHECK_EVERY-th are checked
         self.exact = True  # False: the pieces did not add up, every prompt is encoded whole
@@ -99,13 +99,14 @@ class PromptEncoder:
             raise ValueError(f"{len(state.population)} expressions but {len(fitnesses)} fitnesses")
         ids = self._head + self._context_ids(fu.context_for_state(state, contexts))
         ids.append(self._population)
-        trees, fitness_texts = self._trees, self._fitness_texts
+        trees, fitness_texts = self._trees[state.parentheses], self._fitness_texts
+        tree_ids_of = self._minimal_tree_ids if state.parentheses == "minimal" else self._tree_ids
         for index, (tree, fitness) in enumerate(zip(state.population, fitnesses)):
             if index:
                 ids += self._separator
             tree_ids = trees.get(tree)
             if tree_ids is None:
-                tree_ids = trees.put(tree, self._tree_ids(tree))
+                tree_ids = trees.put(tree, tree_ids_of(tree))
             ids += tree_ids
             ids.append(self._fitness)
             text = fu.format_fitness(fitness)
@@ -119,19 +120,21 @@ class PromptEncoder:
         self.prompts += 1
         return ids
 
-    def _tree_ids(self, tree: tuple) -> list[int]:
-        """The ids of an expression's model text, from its atoms in printing order (as expressions.to_string).
+    def _atom_ids(self, token) -> list[int]:
+        """The ids of one token of a tree (keyed by token, so a -0.0 constant reads as an equal 0.0 seen
+        first, or the reverse, as format_utils' text memo does)."""
+        ids = self._atoms.get(token)
+        if ids is None:
+            ids = self._atoms.put(token, self._encode_text(ex.format_constant(token) if token.__class__ is float
+                                                           else token))
+        return ids
 
-        Atoms are keyed by token, so a -0.0 constant reads as an equal 0.0
-        seen first (or the reverse), as format_utils' text memo does.
-        """
-        atoms, arities, opening, closing = self._atoms, ex.ARITY, self._open, self._close
+    def _tree_ids(self, tree: tuple) -> list[int]:
+        """The ids of an expression's model text, from its atoms in printing order (as expressions.to_string)."""
+        atom_ids, arities, opening, closing = self._atom_ids, ex.ARITY, self._open, self._close
         stack: list[list[int]] = []
         for token in reversed(tree):
-            ids = atoms.get(token)
-            if ids is None:
-                ids = atoms.put(token, self._encode_text(ex.format_constant(token) if token.__class__ is float
-                                                         else token))
+            ids = atom_ids(token)
             arity = arities.get(token, 0)
             if arity == 0:
                 stack.append(ids)
@@ -141,6 +144,30 @@ class PromptEncoder:
             else:  # `name(child)`
                 stack.append(ids + opening + stack.pop() + closing)
         return stack[0]
+
+    def _minimal_tree_ids(self, tree: tuple) -> list[int]:
+        """`_tree_ids` for minimal parentheses (as expressions.to_string(tree, "minimal"))."""
+        atom_ids, arities, precedences, opening, closing = (self._atom_ids, ex.ARITY, ex.PRECEDENCE, self._open,
+                                                            self._close)
+        atom = ex.ATOM_PRECEDENCE
+        stack: list[tuple[list[int], float]] = []  # (ids, precedence of the outermost operator)
+        for token in reversed(tree):
+            ids = atom_ids(token)
+            arity = arities.get(token, 0)
+            if arity == 0:
+                stack.append((ids, atom))
+            elif arity == 2:
+                precedence = precedences[token]
+                left, left_precedence = stack.pop()
+                right, right_precedence = stack.pop()
+                if left_precedence < precedence:
+                    left = opening + left + closing
+                if right_precedence <= precedence:
+                    right = opening + right + closing
+                stack.append((left + ids + right, precedence))
+            else:
+                stack.append((ids + opening + stack.pop()[0] + closing, atom))
+        return stack[0][0]
 
     def _text_ids(self, text: str) -> list[int]:
         """A text's ids: one per character when no multi-character token occurs in it, else the tokenizer's."""

@@ -496,6 +496,7 @@ def training_prompt_settings(train_file) -> dict | None:
         return None
     parameters = sidecar.get("metadata", {}).get("parameters", {})
     return {"conversion": sidecar.get("conversion"), "context_type": parameters.get("context_type"),
+            "parentheses": parameters.get("parentheses", "full"),  # data written before the option: full
             "max_target_tokens": sidecar.get("token_statistics", {}).get("target_tokens", {}).get("max")}
 
 
@@ -807,7 +808,8 @@ def write_checkpoint_extras(folder: Path, config: RunConfig, tokenizer, info: di
 
 
 def save_random_checkpoint(folder, model_shape: dict, mode: str = "onestep", point_prefix: bool = False,
-                           context_type: str = "basic", max_target_tokens: int = 32) -> Path:
+                           context_type: str = "basic", max_target_tokens: int = 32,
+                           parentheses: str = "full") -> Path:
     """An untrained (random-weight) checkpoint written the way a training run writes one.
 
     For tests and benchmarks of what reads checkpoints (NeuralSR): the model
@@ -829,7 +831,7 @@ def save_random_checkpoint(folder, model_shape: dict, mode: str = "onestep", poi
     tokenizer = tk.build_tokenizer()
     build_model(config, tokenizer).save_pretrained(str(folder))
     prompt = {"conversion": {"onestep": "one_step"}.get(mode, mode), "context_type": context_type,
-              "max_target_tokens": max_target_tokens}
+              "parentheses": parentheses, "max_target_tokens": max_target_tokens}
     write_checkpoint_extras(folder, config, tokenizer, {"mode": mode, "prompt": prompt}, step=0)
     return folder
 

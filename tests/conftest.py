@@ -38,20 +38,23 @@ TINY_MODEL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "attention_typ
               "attention_dropout": 0.0, "initializer_range": 0.1}  # peaked logits: greedy choices are not near-ties
 
 
-def save_tiny_checkpoint(folder, mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16):
+def save_tiny_checkpoint(folder, mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16,
+                         parentheses="full"):
     """A random-weight GPT-Neo (or PrefixLM) checkpoint written the way train.py writes one."""
     import train
 
-    return train.save_random_checkpoint(folder, TINY_MODEL, mode, point_prefix, context_type, max_target_tokens)
+    return train.save_random_checkpoint(folder, TINY_MODEL, mode, point_prefix, context_type, max_target_tokens,
+                                        parentheses)
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint_factory(tmp_path_factory):
-    """make(mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16) -> checkpoint folder."""
+    """make(mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16, parentheses="full")
+    -> checkpoint folder."""
     made = {}
 
-    def make(mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16):
-        key = (mode, point_prefix, context_type, max_target_tokens)
+    def make(mode="onestep", point_prefix=False, context_type="basic", max_target_tokens=16, parentheses="full"):
+        key = (mode, point_prefix, context_type, max_target_tokens, parentheses)
         if key not in made:
             made[key] = save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint") / "final", *key)
         return made[key]

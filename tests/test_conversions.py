@@ -20,6 +20,7 @@ import generate_traces as gt
 import inspect_dataset
 import one_step_conversion
 import tokenizer as tk
+import train
 from basic_sr import BasicSR
 from trajectory import population_at
 
@@ -340,6 +341,31 @@ def test_direct_by_reference_and_inline(data, tmp_path):
     assert "data_ref" not in inline[0] and inline[0]["metadata"]["source"] == traces_path.name
 
 
+@pytest.mark.parametrize("module", [one_step_conversion, autoreg_conversion, direct_conversion])
+def test_minimal_parentheses_write_the_same_expressions_in_fewer_tokens(module, data, tmp_path):
+    source = data[0] if module is direct_conversion else data[1]
+    full = rows_of(convert(module, tmp_path / "full", source))
+    output = convert(module, tmp_path / "minimal", source, "--parentheses", "minimal")
+    minimal = rows_of(output)
+    assert len(minimal) == len(full) > 0
+    read = fu.parse_generated if module is not autoreg_conversion else fu.parse_generated_population
+    for a, b in zip(full, minimal):
+        assert read(b["target"]) == read(a["target"]) and len(b["target"]) <= len(a["target"])
+        if module is not direct_conversion:
+            population = [fu.parse_generated(p.split(fu.FITNESS)[0]) for p in b["population"].split(";")]
+            assert population == [fu.parse_generated(p.split(fu.FITNESS)[0]) for p in a["population"].split(";")]
+            assert b["context"] == a["context"]
+    trees = [fu.parse_generated(row["target"]) for row in minimal] if module is not autoreg_conversion else []
+    assert all(row["target"] == fu.format_target(tree, "minimal") for row, tree in zip(minimal, trees))
+    assert sum(b["target"].count("(") for b in minimal) < sum(a["target"].count("(") for a in full)
+    meta = sidecar(output)
+    assert meta["metadata"]["parameters"]["parentheses"] == "minimal"
+    assert sidecar(tmp_path / "full" / "out.jsonl")["metadata"]["parameters"]["parentheses"] == "full"
+    assert meta["token_statistics"]["target_tokens"]["mean"] < sidecar(
+        tmp_path / "full" / "out.jsonl")["token_statistics"]["target_tokens"]["mean"]
+    assert train.training_prompt_settings(output)["parentheses"] == "minimal"
+
+
 # --------------------------------------------------------------------------
 # What the model sees
 
@@ -483,6 +509,8 @@ def test_default_output_names():
     assert cc.default_output("onestep", ["rich", "anc"], "d/gen1k_arith_1k.pkl.gz") == Path(
         "datasets/training/onestep_rich_anc_gen1k_arith_1k.jsonl")
     assert cc.default_output("direct", [""], "x/arith_1k.pkl.gz") == Path("datasets/training/direct_arith_1k.jsonl")
+    assert cc.default_output("onestep", ["basic", ""], "d/t.pkl.gz", "minimal") == Path(
+        "datasets/training/onestep_basic_minparen_t.jsonl")
     assert cc.part_paths(Path("o/x.jsonl"), True) == {"train": Path("o/x.train.jsonl"), "val": Path("o/x.val.jsonl")}
     assert cc.sidecar_path(Path("o/x.train.jsonl")) == Path("o/x.train.meta.json")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import conversion_common as cc
 import dagger
 import file_io
 import format_utils as fu
@@ -149,6 +150,42 @@ def test_bad_inputs_are_refused_before_iteration_1_dry_run_or_not(imitation, tmp
             assert message in captured.err, (message, captured.err)
             assert not captured.out and not (tmp_path / "loop").exists()
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def data_with_prompt(imitation, folder: Path, **parameters) -> Path:
+    """A copy of the imitation data whose conversion sidecar records other prompt `parameters`."""
+    data = imitation[1]
+    copy = folder / "other.train.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(data.read_bytes())
+    sidecar = json.loads(cc.sidecar_path(data).read_text())
+    sidecar["metadata"]["parameters"].update(parameters)
+    cc.sidecar_path(copy).write_text(json.dumps(sidecar))
+    return copy
+
+
+def test_the_dagger_data_is_written_as_the_checkpoint_was_trained(imitation, tmp_path, capsys):
+    """The conversion gets the checkpoint's parentheses; imitation data or --context_type of another prompt
+    style than the checkpoint's is refused before iteration 1."""
+    start = checkpoint_stub(tmp_path / "ckpt")  # no meta file: parentheses "full", context type unknown
+    minimal_data = data_with_prompt(imitation, tmp_path / "minimal", parentheses="minimal")
+    rich_data = data_with_prompt(imitation, tmp_path / "rich", context_type="rich")
+    assert dagger.main(loop_args((imitation[0], minimal_data), start, tmp_path / "loop", "--dry_run")) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {minimal_data} (its sidecar): parentheses 'minimal', but "
+                                               f"checkpoint {start} was trained on parentheses 'full'")
+    (start / "ttsr_train_meta.json").write_text(json.dumps({"prompt": {"context_type": "basic",
+                                                                       "parentheses": "minimal"}}))
+    for data, extra, message in ((imitation[1], [], "(its sidecar): parentheses 'full', but checkpoint"),
+                                 (rich_data, [], "(its sidecar): context_type 'rich', but checkpoint"),
+                                 (minimal_data, ["--context_type", "rich"], "--context_type: context_type 'rich'")):
+        assert dagger.main(loop_args((imitation[0], data), start, tmp_path / "loop", "--dry_run", *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert dagger.main(loop_args((imitation[0], minimal_data), start, tmp_path / "loop", "--dry_run")) == 0
+    conversions = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if "one_step_conversion" in line]
+    assert len(conversions) == 2
+    assert all(words[words.index("--parentheses") + 1] == "minimal" for words in conversions)
+    assert not (tmp_path / "loop").exists()
 
 
 def test_help_explains_every_flag_and_context_types_match():

@@ -50,29 +50,6 @@ def test_round_trip_of_printed_random_trees():
         assert typed(parsed) == typed(tree), text
 
 
-def minimal_infix(expression):
-    """Infix text with only the parentheses precedence/left-associativity need.
-
-    A second, independent printer: if parse reads it back, precedence and
-    associativity are right.
-    """
-    stack = []  # (text, precedence of its top operator; inf for atoms)
-    for token in reversed(expression):
-        if token in BINARY_OPERATORS:
-            (left, left_strength), (right, right_strength) = stack.pop(), stack.pop()
-            strength = BINARY_OPERATORS[token].precedence
-            if left_strength < strength:
-                left = f"({left})"
-            if right_strength <= strength:  # left-associative: equal strength on the right needs parens
-                right = f"({right})"
-            stack.append((f"{left} {token} {right}", strength))
-        elif token in UNARY_OPERATORS:
-            stack.append((f"{token}({stack.pop()[0]})", math.inf))
-        else:
-            stack.append((expressions.format_constant(token) if isinstance(token, float) else token, math.inf))
-    return stack[0][0]
-
-
 def function_call_form(expression):
     """Prototype spelling: add(a, b), mul(a, b), sin(a)."""
     spelling = {symbol: alias for alias, symbol in ALIASES.items()}
@@ -88,7 +65,10 @@ def function_call_form(expression):
 
 def test_minimal_parentheses_infix_round_trip():
     for tree in random_trees(2000, seed=1):
-        assert parse(minimal_infix(tree)) == tree, minimal_infix(tree)
+        text = expressions.to_string(tree, parentheses="minimal")
+        parsed = parse(text)
+        assert parsed == tree, text
+        assert typed(parsed) == typed(tree), text
 
 
 def test_function_call_spelling_round_trip():

@@ -45,6 +45,33 @@ def test_to_string_format(tree, text):
     assert ex.to_string(tree) == text
 
 
+@pytest.mark.parametrize(
+    "tree, text",
+    [
+        (("+", "*", "x0", "x0", 1.0), "x0 * x0 + 1.0"),
+        (("*", "+", "x0", 1.0, "x1"), "(x0 + 1.0) * x1"),
+        (("+", "+", "x0", "x1", "x2"), "x0 + x1 + x2"),
+        (("+", "x0", "+", "x1", "x2"), "x0 + (x1 + x2)"),
+        (("-", "x0", "-", "x1", "x2"), "x0 - (x1 - x2)"),
+        (("/", "x0", "*", "x1", "x2"), "x0 / (x1 * x2)"),
+        (("/", "*", "x0", "x1", "x2"), "x0 * x1 / x2"),
+        (("-", "x0", -2.5), "x0 - -2.5"),
+        (("*", -2.5, "x0"), "-2.5 * x0"),
+        (("sqrt", "abs", "-", "x0", "x1"), "sqrt(abs(x0 - x1))"),
+        (("*", "sin", "+", "x0", "x1", "x2"), "sin(x0 + x1) * x2"),
+        ((1e-05,), "1e-05"),
+    ],
+)
+def test_to_string_minimal_parentheses(tree, text):
+    assert ex.to_string(tree, parentheses="minimal") == text
+    assert parse(text) == tree
+
+
+def test_to_string_rejects_an_unknown_parentheses_style():
+    with pytest.raises(ValueError, match="parentheses must be one of full, minimal, got 'none'"):
+        ex.to_string(("x0",), parentheses="none")
+
+
 @pytest.mark.parametrize("value, text", [(1.0, "1.0"), (-2.5, "-2.5"), (1e-05, "1e-05"), (2.0, "2.0"), (1e20, "1e+20"), (0.1, "0.1")])
 def test_format_constant(value, text):
     assert ex.format_constant(value) == text
@@ -55,6 +82,7 @@ def test_to_string_round_trips_through_parser():
     for _ in range(200):
         tree = ex.random_tree(stream, ["x0", "x1"], [1.0, -2.5, 1e-05, 3.25], ALL_OPERATORS, 5)
         assert parse(ex.to_string(tree)) == tree
+        assert parse(ex.to_string(tree, parentheses="minimal")) == tree
 
 
 # --------------------------------------------------------------------------

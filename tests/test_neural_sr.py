@@ -115,7 +115,8 @@ def assert_same_fit(first, second):
 
 
 def random_states(count, seed=0):
-    """PromptStates with unary operators, odd constants, invalid and extreme fitnesses, every context type."""
+    """PromptStates with unary operators, odd constants, invalid and extreme fitnesses, every context type and
+    parentheses style."""
     rng = np.random.default_rng(seed)
     from random_stream import RandomStream
 
@@ -134,7 +135,7 @@ def random_states(count, seed=0):
         y = np.sin(X[:, 0]) * 3 + X[:, -1]
         states.append(fu.PromptState(int(rng.integers(0, 2000)), population, fitnesses, n_vars,
                                      ("+", "-", "*", "/"), ("sin", "exp"), constants, X, y,
-                                     fu.CONTEXT_TYPES[index % 3]))
+                                     fu.CONTEXT_TYPES[index % 3], fu.PARENTHESES[index // 3 % 2]))
     return states
 
 
@@ -143,7 +144,9 @@ def test_prompt_ids_from_pieces_equal_encoding_the_prompt_text():
     encoder = PromptEncoder(tokenizer)
     contexts = fu.ContextCache()
     encode = tokenizer.backend_tokenizer.encode
-    for state in random_states(60) * 2:  # the second pass is served from the caches
+    states = random_states(60)
+    assert {state.parentheses for state in states} == set(fu.PARENTHESES)
+    for state in states * 2:  # the second pass is served from the caches
         text = fu.prompt_for_state(state, contexts)
         assert encoder.ids(state, contexts) == encode(text, add_special_tokens=False).ids
         assert encoder.ids(state, contexts) == tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -223,7 +226,8 @@ def test_proposer_reads_the_checkpoint_settings(proposer, tiny_checkpoint):
     assert (proposer.mode, proposer.context_type, proposer.max_new_tokens) == ("one_step", "basic", 16 + 8)
     assert proposer.device.type == ("cuda" if torch.cuda.is_available() else "cpu") and proposer.n_prefix == 0
     assert checkpoint_settings(tiny_checkpoint) == {"mode": "onestep", "context_type": "basic",
-                                                    "max_target_tokens": 16}
+                                                    "parentheses": "full", "max_target_tokens": 16}
+    assert proposer.parentheses == "full"
     state = random_states(1)[0]
     texts = proposer.propose([(state, 3), (state, 2)], seed=5)
     assert [len(t) for t in texts] == [3, 2]
@@ -250,7 +254,9 @@ def test_checkpoint_settings_fall_back_to_the_training_sidecar(tiny_checkpoint_f
     cc.sidecar_path(train_file).write_text(json.dumps({
         "conversion": "one_step", "metadata": {"parameters": {"context_type": "rich"}},
         "token_statistics": {"target_tokens": {"mean": 9.0, "max": 21}}}))
-    assert checkpoint_settings(copy) == {"mode": "onestep", "context_type": "rich", "max_target_tokens": 21}
+    # A sidecar written before --parentheses existed: the data, so the model, used full parentheses.
+    assert checkpoint_settings(copy) == {"mode": "onestep", "context_type": "rich", "parentheses": "full",
+                                         "max_target_tokens": 21}
     assert Proposer.load(copy, context_type="basic").context_type == "basic"  # an explicit choice wins
 
 
@@ -585,7 +591,8 @@ def test_generate_traces_with_a_checkpoint_is_deterministic(expressions_file, ti
     assert metadata["method"] == "neural" and metadata["solver"] == "NeuralSR"
     assert metadata["checkpoint"] == str(tiny_checkpoint) and len(metadata["checkpoint_sha256"]) == 64
     assert metadata["sampling"] == {"mode": "one_step", "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-                                    "batch_size": 2, "context_type": "basic", "constrained": False}
+                                    "batch_size": 2, "context_type": "basic", "parentheses": "full",
+                                    "constrained": False}
     assert "--checkpoint" in metadata["command"] and "--batch_size 2" in metadata["command"]
     assert 0.0 <= metadata["well_formed_rate"] < 1.0
     # Constrained decoding: recorded, repeated by the recorded command, and mostly usable proposals.
@@ -625,9 +632,9 @@ def test_unusable_neural_options_exit_2_with_one_line(flags, message, expression
     assert not (tmp_path / "o.pkl.gz").exists()
 
 
-@pytest.mark.parametrize("context_type", ["basic", "rich"])
-def test_run_prompts_equal_the_one_step_conversion_prompts(context_type, expressions_file, tiny_checkpoint_factory,
-                                                           tmp_path, monkeypatch):
+@pytest.mark.parametrize("context_type, parentheses", [("basic", "full"), ("rich", "full"), ("basic", "minimal")])
+def test_run_prompts_equal_the_one_step_conversion_prompts(context_type, parentheses, expressions_file,
+                                                           tiny_checkpoint_factory, tmp_path, monkeypatch):
     asked = []
     original = Proposer.launch
 
@@ -636,13 +643,14 @@ def test_run_prompts_equal_the_one_step_conversion_prompts(context_type, express
         return original(self, requests, **kwargs)
 
     monkeypatch.setattr(Proposer, "launch", recording)
-    checkpoint = tiny_checkpoint_factory(context_type=context_type)
+    checkpoint = tiny_checkpoint_factory(context_type=context_type, parentheses=parentheses)
     traces_path = tmp_path / "traces.pkl.gz"
     assert gt.main(neural_cli(expressions_file, checkpoint, "--batch_size", 3, "--max_expressions", 2,
                               "--output", traces_path)) == 0
     output = tmp_path / "onestep.jsonl"
     assert one_step_conversion.main(["--input", str(traces_path), "--output", str(output), "--context_type",
-                                     context_type, "--quiet"]) == 0
+                                     context_type, "--parentheses", parentheses, "--quiet"]) == 0
+    assert file_io.load(traces_path).metadata["sampling"]["parentheses"] == parentheses
     rows = list(file_io.read_jsonl(output))
     records = {int(r["id"]): r for r in make_records(5)}
     prompts = {}
