@@ -272,17 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def output_path(args) -> Path:
-    """Where to write; UsageError when that would replace a file it should not."""
+    """Where to write, checked before the work: UsageError when that would replace a file it should not,
+    file_io.OutputError when it cannot be written (a folder, under a file, not writable)."""
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.in_place:
-        return Path(args.input)
+        return file_io.check_writable(args.input)
     output = Path(args.output)
     if output.exists() and file_io.same_file(output, args.input):
         raise UsageError(f"{output}: is the input file; use --in_place to relabel it in place")
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output}: already exists (use --overwrite to replace it)")
-    return output
+    return file_io.check_writable(output)
 
 
 RELABEL_LOG = ".relabel.log.json"  # beside the output: when and where it was relabelled, how long it took
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         relabel_file(args, ["dagger_relabel.py", *argv])
-    except (UsageError, DataFileError, FileExistsError, FileNotFoundError) as error:
+    except (UsageError, DataFileError, FileExistsError, FileNotFoundError, file_io.OutputError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return 0

@@ -314,3 +314,17 @@ def test_bad_input_is_one_line_naming_the_file_and_exit_2(data, tmp_path, capsys
         line = one_error_line(capsys)
         assert str(path) in line and reason in line, line
     assert not (tmp_path / "out.pkl.gz").exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_an_unwritable_output_fails_before_relabelling_in_one_line(where, data, tmp_path, capsys, monkeypatch):
+    import dagger_relabel
+
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "a_folder").mkdir()
+    output = tmp_path / ("a_folder" if where == "folder" else "a_file/out.pkl.gz")
+    monkeypatch.setattr(dagger_relabel, "relabel_traces", lambda *a, **k: pytest.fail("relabelled first"))
+    assert run("--input", data[1], "--output", output, "--overwrite", "--quiet") == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {output}") and "\n" not in line, line
+    assert (tmp_path / "a_file").read_text() == "mine" and (tmp_path / "a_folder").is_dir()
