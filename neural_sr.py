@@ -290,6 +290,9 @@ class Proposer:
         if context_type is None:
             raise CheckpointError(f"checkpoint {folder}: its training context type is unknown (no prompt settings "
                                   f"in its meta file, no conversion sidecar beside its train_file); give context_type")
+        if settings["parentheses"] not in fu.PARENTHESES:
+            raise CheckpointError(f"checkpoint {folder}: its prompt settings name parentheses "
+                                  f"{settings['parentheses']!r}; known: {', '.join(fu.PARENTHESES)}")
         if max_new_tokens is None and settings["max_target_tokens"]:
             max_new_tokens = int(settings["max_target_tokens"]) + NEW_TOKEN_MARGIN
         import point_embedder as pe

@@ -258,6 +258,10 @@ def test_checkpoint_settings_fall_back_to_the_training_sidecar(tiny_checkpoint_f
     assert checkpoint_settings(copy) == {"mode": "onestep", "context_type": "rich", "parentheses": "full",
                                          "max_target_tokens": 21}
     assert Proposer.load(copy, context_type="basic").context_type == "basic"  # an explicit choice wins
+    (copy / "ttsr_train_meta.json").write_text(json.dumps({**meta, "prompt": {"context_type": "basic",
+                                                                              "parentheses": "some"}}))
+    with pytest.raises(CheckpointError, match=r"ckpt: its prompt settings name parentheses 'some'; known: full, "):
+        Proposer.load(copy)
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys, monkeypatch):
