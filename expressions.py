@@ -139,13 +139,9 @@ PARENTHESES = ("full", "minimal")  # how to_string parenthesises binary operatio
 def to_string(expression: Expression, parentheses: str = "full") -> str:
     """Infix text with single spaces: '((x0 * x0) + 1.0)', or with `parentheses="minimal"` 'x0 * x0 + 1.0'.
 
-    Minimal printing keeps only the parentheses that the registry's
-    precedences and left associativity need: a left operand is bracketed when
-    it binds more loosely than its operator, a right operand when it binds no
-    tighter (`x0 - (x1 - x2)`, `x0 / (x1 * x2)`). Either text parses back to
-    the same tuple.
+    Either text parses back to the same tuple (the rule: `infix_pieces`).
     """
-    return _minimal_string(expression) if check_parentheses(parentheses) == "minimal" else _full_string(expression)
+    return infix_pieces(expression, parentheses, _atom_text, "(", ")", " ")
 
 
 def check_parentheses(parentheses: str) -> str:
@@ -155,44 +151,49 @@ def check_parentheses(parentheses: str) -> str:
     return parentheses
 
 
-def _full_string(expression: Expression) -> str:
-    stack: list[str] = []
-    for token in reversed(expression):
-        if token.__class__ is float:
-            stack.append(format_constant(token))
-        elif token in BINARY_OPERATORS:
-            left = stack.pop()
-            right = stack.pop()
-            stack.append(f"({left} {token} {right})")
-        elif token in UNARY_OPERATORS:
-            stack.append(f"{token}({stack.pop()})")
-        else:
-            stack.append(token)
-    return stack[0]
+def _atom_text(token) -> str:
+    return format_constant(token) if token.__class__ is float else token
 
 
 ATOM_PRECEDENCE = math.inf  # leaves and function calls never need brackets
 PRECEDENCE = {symbol: op.precedence for symbol, op in BINARY_OPERATORS.items()}
 
 
-def _minimal_string(expression: Expression) -> str:
-    stack: list[tuple[str, float]] = []  # (text, precedence of its outermost operator)
+def infix_pieces(expression: Expression, parentheses: str, atom, opening, closing, space):
+    """The infix printing rule over any pieces that `+` joins: text, or lists of token ids.
+
+    `atom(token)` is the piece of one token (leaf, operator or function
+    name); `opening`, `closing` and `space` are the pieces of `(`, `)` and
+    the gap around a binary operator. Full parentheses bracket every binary
+    operation, `(left op right)`; minimal ones only the operands that need
+    it under the registry's precedences and left associativity: a left
+    operand binding more loosely than its operator, a right operand binding
+    no tighter (`x0 - (x1 - x2)`, `x0 / (x1 * x2)`). Functions are `name(child)`.
+    (token_codec.PromptEncoder assembles prompt ids with this same rule.)
+    """
+    minimal = check_parentheses(parentheses) == "minimal"
+    stack: list = []  # (piece, precedence of its outermost operator)
     for token in reversed(expression):
-        if token.__class__ is float:
-            stack.append((format_constant(token), ATOM_PRECEDENCE))
-        elif token in BINARY_OPERATORS:
+        piece = atom(token)
+        arity = _ARITY.get(token, 0)
+        if arity == 0:
+            stack.append((piece, ATOM_PRECEDENCE))
+        elif arity == 2:
             precedence = PRECEDENCE[token]
             left, left_precedence = stack.pop()
             right, right_precedence = stack.pop()
+            if space:
+                piece = space + piece + space
+            if not minimal:
+                stack.append((opening + left + piece + right + closing, precedence))
+                continue
             if left_precedence < precedence:
-                left = f"({left})"
+                left = opening + left + closing
             if right_precedence <= precedence:
-                right = f"({right})"
-            stack.append((f"{left} {token} {right}", precedence))
-        elif token in UNARY_OPERATORS:
-            stack.append((f"{token}({stack.pop()[0]})", ATOM_PRECEDENCE))
+                right = opening + right + closing
+            stack.append((left + piece + right, precedence))
         else:
-            stack.append((token, ATOM_PRECEDENCE))
+            stack.append((piece + opening + stack.pop()[0] + closing, ATOM_PRECEDENCE))
     return stack[0][0]
 
 

@@ -99,14 +99,14 @@ class PromptEncoder:
             raise ValueError(f"{len(state.population)} expressions but {len(fitnesses)} fitnesses")
         ids = self._head + self._context_ids(fu.context_for_state(state, contexts))
         ids.append(self._population)
-        trees, fitness_texts = self._trees[state.parentheses], self._fitness_texts
-        tree_ids_of = self._minimal_tree_ids if state.parentheses == "minimal" else self._tree_ids
+        parentheses = state.parentheses
+        trees, fitness_texts = self._trees[parentheses], self._fitness_texts
         for index, (tree, fitness) in enumerate(zip(state.population, fitnesses)):
             if index:
                 ids += self._separator
             tree_ids = trees.get(tree)
             if tree_ids is None:
-                tree_ids = trees.put(tree, tree_ids_of(tree))
+                tree_ids = trees.put(tree, self._tree_ids(tree, parentheses))
             ids += tree_ids
             ids.append(self._fitness)
             text = fu.format_fitness(fitness)
@@ -129,45 +129,10 @@ class PromptEncoder:
                                                            else token))
         return ids
 
-    def _tree_ids(self, tree: tuple) -> list[int]:
-        """The ids of an expression's model text, from its atoms in printing order (as expressions.to_string)."""
-        atom_ids, arities, opening, closing = self._atom_ids, ex.ARITY, self._open, self._close
-        stack: list[list[int]] = []
-        for token in reversed(tree):
-            ids = atom_ids(token)
-            arity = arities.get(token, 0)
-            if arity == 0:
-                stack.append(ids)
-            elif arity == 2:  # `(left op right)`
-                left = stack.pop()
-                stack.append(opening + left + ids + stack.pop() + closing)
-            else:  # `name(child)`
-                stack.append(ids + opening + stack.pop() + closing)
-        return stack[0]
-
-    def _minimal_tree_ids(self, tree: tuple) -> list[int]:
-        """`_tree_ids` for minimal parentheses (as expressions.to_string(tree, "minimal"))."""
-        atom_ids, arities, precedences, opening, closing = (self._atom_ids, ex.ARITY, ex.PRECEDENCE, self._open,
-                                                            self._close)
-        atom = ex.ATOM_PRECEDENCE
-        stack: list[tuple[list[int], float]] = []  # (ids, precedence of the outermost operator)
-        for token in reversed(tree):
-            ids = atom_ids(token)
-            arity = arities.get(token, 0)
-            if arity == 0:
-                stack.append((ids, atom))
-            elif arity == 2:
-                precedence = precedences[token]
-                left, left_precedence = stack.pop()
-                right, right_precedence = stack.pop()
-                if left_precedence < precedence:
-                    left = opening + left + closing
-                if right_precedence <= precedence:
-                    right = opening + right + closing
-                stack.append((left + ids + right, precedence))
-            else:
-                stack.append((ids + opening + stack.pop()[0] + closing, atom))
-        return stack[0][0]
+    def _tree_ids(self, tree: tuple, parentheses: str) -> list[int]:
+        """The ids of an expression's model text, from its atoms in printing order (expressions.infix_pieces,
+        the rule expressions.to_string prints with; the model text has no spaces)."""
+        return ex.infix_pieces(tree, parentheses, self._atom_ids, self._open, self._close, [])
 
     def _text_ids(self, text: str) -> list[int]:
         """A text's ids: one per character when no multi-character token occurs in it, else the tokenizer's."""
