@@ -656,8 +656,19 @@ def _interrupt(signum, frame):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # a `timeout` or scheduler stop ends the running commands too
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return run_study(args)
+    # A `timeout` or scheduler stop ends the running commands too. The caller's
+    # handler comes back afterwards: a test runner that calls main() keeps its own.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run_study(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_study(args) -> int:
+    """main() after parsing: the chosen stages, or the benchmark check; the exit code."""
     try:
         if args.check_benchmarks:
             with file_io.exit_on_data_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,22 @@ def test_bad_configs_fail_with_one_line(tmp_path, capsys):
     assert "unknown conversion 'nope'" in capsys.readouterr().err
     assert distill.main(["--config", str(REPO / "experiments" / "distill-cpu.json"), "--stages", "train,fly"]) == 2
     assert "unknown stage(s) fly" in capsys.readouterr().err
+
+
+def test_main_gives_back_the_callers_sigterm_handler(tmp_path, capsys):
+    # main() turns SIGTERM into an interruption while it runs; a caller such as
+    # pytest must get its own handler back, or a later SIGTERM breaks whatever
+    # test is running instead of ending the run.
+    def callers_handler(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, callers_handler)
+    try:
+        assert distill.main(["--config", str(tmp_path / "missing.json")]) == 2
+        assert signal.getsignal(signal.SIGTERM) is callers_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    capsys.readouterr()
 
 
 def test_shipped_study_configs_are_valid():
