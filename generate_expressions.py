@@ -74,7 +74,6 @@ import datetime
 import hashlib
 import itertools
 import math
-import multiprocessing
 import sys
 import time
 from collections import deque
@@ -86,6 +85,7 @@ from pathlib import Path
 import numpy as np
 
 import file_io
+import parallel
 from expressions import HUGE, Evaluator, division_guard_mask, to_string
 from operators import ALIASES, check_operators
 from problems import matches_benchmark
@@ -402,8 +402,7 @@ def _candidates(params: ExpressionParams, seed: int, workers: int, chunk_size: i
         for task in tasks:
             yield from _generate_chunk(task)
         return
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers)
+    pool = parallel.pool(workers)
     pending: deque = deque()
     try:
         for task in tasks:

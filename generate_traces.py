@@ -85,13 +85,11 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shlex
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -100,6 +98,7 @@ import numpy as np
 
 import expressions as ex
 import file_io
+import parallel
 from basic_sr import BasicSR
 from batched_neural_sr import DEFAULT_BATCH_SIZE
 from file_io import DataFileError
@@ -235,26 +234,16 @@ def iter_traces(records, params: dict, seed: int, workers: int = 1, progress: bo
             return
         # One expression per task: a fit takes 10-1000 ms against ~0.1 ms of pool
         # overhead, and bigger chunks left one worker idle at the end of a run.
-        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+        with parallel.pool(workers, initializer=_init_worker) as pool:
             for item in pool.imap_unordered(run, records, chunksize=1):
                 bar.update(1)
                 yield item
 
 
-def _init_worker(parent_pid: int) -> None:
-    """Pool initializer: leave Ctrl-C to the parent, and exit once the parent is gone.
-
-    Without the watch, workers orphaned by a SIGKILLed parent finish their
-    chunk and then wait forever for tasks.
-    """
+def _init_worker() -> None:
+    """Pool initializer: leave Ctrl-C to the parent, and exit once the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
+    parallel.exit_with_parent()
 
 
 def generate_traces(expression_records, params: dict, seed: int, workers: int = 1,

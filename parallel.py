@@ -4,12 +4,55 @@ Used by the stages whose items are independent and whose output must not
 depend on --workers (conversions, DAgger relabelling). Trace generation has
 its own pool (`generate_traces.iter_traces`): it wants completion order, one
 expression per task and workers that exit when their parent dies.
+
+Every worker pool of the project comes from `pool()`: forkserver workers,
+never plain fork. A forked worker inherits the parent's locks in whatever
+state its other threads left them (torch's and the tokenizers' thread pools,
+numba's, a progress thread), and one that needs such a lock waits forever.
+In a test process that had run torch, `generate_traces --workers 2` hung
+that way until CI's 90-minute limit (2026-11-23). Python 3.14 makes
+forkserver the default on Linux for the same reason.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
+import os
+import threading
 from typing import Callable, Iterator, Sequence
+
+
+def start_method() -> str:
+    """forkserver where the platform has it (Linux, macOS), else spawn (Windows)."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> multiprocessing.pool.Pool:
+    """A process pool of `workers` workers started by `start_method()`.
+
+    Functions and arguments sent to it must pickle by reference (module-level
+    functions, functools.partial of them); a worker imports their module.
+    """
+    return multiprocessing.get_context(start_method()).Pool(workers, initializer, initargs)
+
+
+def exit_with_parent() -> None:
+    """In a worker: exit as soon as the process that made the pool is gone.
+
+    Without it, workers orphaned by a SIGKILLed parent finish their task and
+    then wait forever for the next one. The parent's sentinel (a pipe the
+    worker inherits) reads as closed once the parent has exited, however it ended.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: nothing to watch
+        return
+
+    def watch():
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def parallel_map(function: Callable, items: Sequence, workers: int = 1) -> Iterator:
@@ -24,5 +67,5 @@ def parallel_map(function: Callable, items: Sequence, workers: int = 1) -> Itera
         return
     workers = min(workers, len(items))
     chunk_size = max(1, min(16, len(items) // (8 * workers)))
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap(function, items, chunksize=chunk_size)
+    with pool(workers) as workers_pool:
+        yield from workers_pool.imap(function, items, chunksize=chunk_size)

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import file_io
+import parallel
 import peers
 from evaluation import (Budget, EvaluationInputError, NeuralOptions, Task, add_budget_arguments,
                         add_neural_arguments, aggregate, budget_from_args, model_record,
@@ -99,7 +99,7 @@ def _finished_runs(jobs: list[tuple], order: list[int], workers: int):
         warm_up()
         yield from map(_indexed_run, items)
         return
-    with multiprocessing.Pool(workers, initializer=warm_up) as pool:
+    with parallel.pool(workers, initializer=warm_up) as pool:
         yield from pool.imap_unordered(_indexed_run, items)
 
 

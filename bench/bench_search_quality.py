@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
@@ -57,6 +56,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+import parallel  # noqa: E402
 import problems  # noqa: E402
 from basic_sr import BasicSR  # noqa: E402
 from evaluation import generations_to_solve  # noqa: E402
@@ -143,7 +143,7 @@ def run_jobs(jobs: list[tuple], workers: int) -> list[dict]:
     if workers <= 1 or len(jobs) <= 1:
         results = [run_job(job) for job in jobs]
     else:
-        with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+        with parallel.pool(min(workers, len(jobs))) as pool:
             results = list(pool.imap_unordered(run_job, jobs, chunksize=1))
     order = {job: index for index, job in enumerate(jobs)}
     return sorted(results, key=lambda r: order[(r["part"], r["method"], r["problem"], r["seed"])])
