@@ -19,7 +19,9 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 
@@ -34,7 +36,32 @@ def pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()
     Functions and arguments sent to it must pickle by reference (module-level
     functions, functools.partial of them); a worker imports their module.
     """
-    return multiprocessing.get_context(start_method()).Pool(workers, initializer, initargs)
+    context = multiprocessing.get_context(start_method())
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(preload_modules())  # no effect once this process's server runs
+    return context.Pool(workers, initializer, initargs)
+
+
+def preload_modules() -> list[str]:
+    """Modules of the working folder this process has imported: the forkserver imports them first.
+
+    Every forkserver worker runs the main script again as `__mp_main__`, and
+    Python 3.11's server never preloads it (it looks for a key that spawn's
+    preparation data does not have): each worker paid the script's imports
+    itself, 2 s per pool for a conversion (transformers). With the project's
+    modules, and through them numpy, numba, torch, imported once in the
+    server, a worker inherits them and the script's own body is quick. Only
+    modules, never the script: its top level may expect its command line.
+    The server imports from its working folder (3.11 ignores the sys.path it
+    is sent), so commands run in the repository, as all of ours are, gain.
+    """
+    here = Path.cwd().resolve()
+    names = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if "." not in name and name != "__main__" and path and Path(path).resolve() == here / f"{name}.py":
+            names.append(name)
+    return sorted(names)
 
 
 def exit_with_parent() -> None:

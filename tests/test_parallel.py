@@ -90,3 +90,37 @@ def test_a_busy_worker_exits_soon_after_its_parent_is_killed(tmp_path):
     if running(worker):
         os.kill(worker, signal.SIGKILL)
         raise AssertionError(f"worker {worker} outlived its SIGKILLed parent by 20 s")
+
+
+
+HEAVY = """
+with open("imports.txt", "a") as log:
+    log.write(__name__ + "\\n")
+"""
+
+PRELOAD_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import heavy
+import parallel
+with open("imports.txt", "a") as log:
+    log.write(__name__ + "\\n")
+if __name__ == "__main__":
+    print(parallel.preload_modules())
+    for _ in range(2):
+        with parallel.pool(2) as pool:
+            pool.map(abs, range(4))
+"""
+
+
+def test_the_forkserver_imports_the_scripts_modules_once_for_every_pool(tmp_path):
+    # heavy.py stands for the modules a script imports; the workers run only the script's body.
+    (tmp_path / "heavy.py").write_text(HEAVY)
+    (tmp_path / "preloading.py").write_text(PRELOAD_SCRIPT)
+    result = subprocess.run([sys.executable, "preloading.py", str(REPO)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['heavy']"
+    names = (tmp_path / "imports.txt").read_text().split()
+    assert sorted(names) == sorted(["heavy", "__main__", "heavy"] + ["__mp_main__"] * 4)
+
