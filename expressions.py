@@ -22,7 +22,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import sympy
 
 from operators import BINARY_OPERATORS, DIVISION_GUARD, OPERATORS, UNARY_OPERATORS
 
@@ -302,11 +301,15 @@ def is_valid_prediction(values: np.ndarray) -> bool:
 
 
 def _sympy_constant(value: float):
+    import sympy  # here, not at the top: it costs every start 0.6 s and only exports need it
+
     return sympy.Integer(int(value)) if value.is_integer() and abs(value) < 1e15 else sympy.Float(value)
 
 
 def to_sympy(expression: Expression):
     """A sympy expression with symbols x0..xN (log/sqrt of Abs, like evaluation)."""
+    import sympy
+
     stack: list = []
     for token in reversed(expression):
         if token.__class__ is float:
@@ -323,6 +326,8 @@ def simplified_string(expression: Expression, timeout_nodes: int = 60) -> str:
     """A sympy-simplified form for display (the raw text when too large)."""
     if len(expression) > timeout_nodes:
         return to_string(expression)
+    import sympy
+
     try:
         return str(sympy.simplify(to_sympy(expression)))
     except Exception:  # sympy can fail on exotic trees; display only

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import sympy
 
 DIVISION_GUARD = 1e-10
 EXP_CLIP = 50.0
@@ -56,6 +55,12 @@ def protected_sqrt(x):
     return np.sqrt(np.abs(x))
 
 
+def _sympy():
+    """sympy, imported on first use: only exports and reports need it, and it costs every start 0.6 s."""
+    import sympy
+    return sympy
+
+
 @dataclass(frozen=True)
 class Operator:
     """One operator: how it is written, evaluated and exported."""
@@ -81,12 +86,12 @@ BINARY_OPERATORS: dict[str, Operator] = {
 UNARY_OPERATORS: dict[str, Operator] = {
     op.symbol: op
     for op in (
-        Operator("sin", 1, np.sin, sympy.sin),
-        Operator("cos", 1, np.cos, sympy.cos),
-        Operator("exp", 1, protected_exp, sympy.exp),
-        Operator("log", 1, protected_log, lambda a: sympy.log(sympy.Abs(a))),
-        Operator("sqrt", 1, protected_sqrt, lambda a: sympy.sqrt(sympy.Abs(a))),
-        Operator("abs", 1, np.abs, sympy.Abs),
+        Operator("sin", 1, np.sin, lambda a: _sympy().sin(a)),
+        Operator("cos", 1, np.cos, lambda a: _sympy().cos(a)),
+        Operator("exp", 1, protected_exp, lambda a: _sympy().exp(a)),
+        Operator("log", 1, protected_log, lambda a: _sympy().log(_sympy().Abs(a))),
+        Operator("sqrt", 1, protected_sqrt, lambda a: _sympy().sqrt(_sympy().Abs(a))),
+        Operator("abs", 1, np.abs, lambda a: _sympy().Abs(a)),
     )
 }
 

@@ -29,7 +29,6 @@ from functools import cached_property
 from typing import Iterable
 
 import numpy as np
-import sympy
 
 import expressions
 from expression_parser import ParseError, parse
@@ -236,6 +235,8 @@ def symbolically_equivalent(expression: tuple, problem: Problem, max_size: int =
     """
     if len(expression) > max_size:
         return None
+    import sympy  # here, not at the top: it costs every start 0.6 s and only reports need it
+
     try:
         difference = expressions.to_sympy(expression) - expressions.to_sympy(problem.expression)
         if sympy.simplify(difference) == 0:
