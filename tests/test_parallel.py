@@ -108,8 +108,10 @@ with open("imports.txt", "a") as log:
 if __name__ == "__main__":
     print(parallel.preload_modules())
     for _ in range(2):
-        with parallel.pool(2) as pool:
-            pool.map(abs, range(4))
+        pool = parallel.pool(2)
+        pool.map(abs, range(4))
+        pool.close()  # not terminate(): a worker still starting would die before it logs
+        pool.join()
 """
 
 
