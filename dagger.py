@@ -191,9 +191,10 @@ def iteration_steps(args, it: Iteration) -> list[Step]:
 
 
 def fine_tune_overrides(args, it: Iteration) -> list[str]:
-    """The train.py overrides of an iteration's fine-tuning: the user's, then the loop's own."""
+    """The train.py overrides of an iteration's fine-tuning: --quiet's, the user's, then the loop's own."""
     paths = it.paths
-    return [*args.override, f"init_from={it.checkpoint}", f"tokenizer={it.checkpoint}",
+    quiet = ["disable_tqdm=true"] if args.quiet else []  # train.py's bar; a user's -o disable_tqdm=... wins
+    return [*quiet, *args.override, f"init_from={it.checkpoint}", f"tokenizer={it.checkpoint}",
             f"train_file={paths['mixed']}", f"val_file={paths['dagger_val']}",
             f"output_dir={it.folder}", f"run_name={TRAIN_RUN}", f"seed={it.seed}"]
 

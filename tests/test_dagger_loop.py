@@ -90,6 +90,7 @@ def test_dry_run_prints_every_stage_and_chains_the_checkpoints(imitation, tmp_pa
     second_train = shlex.split(commands[9])
     overrides = [second_train[i + 1] for i, word in enumerate(second_train) if word == "-o"]
     assert "max_steps=7" in overrides and f"init_from={final}" in overrides and f"tokenizer={final}" in overrides
+    assert overrides[0] == "disable_tqdm=true"  # --quiet: no training bar either
     assert f"train_file={output_dir / 'iter02' / 'data' / 'mixed.train.jsonl'}" in overrides
     assert "--dagger" in shlex.split(commands[2])
     assert str(output_dir / "iter01" / "data" / "dagger.train.jsonl") in commands[8]  # aggregate: round 1 too
