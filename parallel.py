@@ -1,16 +1,18 @@
-"""Order-preserving parallel map over worker processes, the same results for any worker count.
+"""Worker pools, and an order-preserving parallel map with the same results for any worker count.
 
-Used by the stages whose items are independent and whose output must not
-depend on --workers (conversions, DAgger relabelling). Trace generation has
-its own pool (`generate_traces.iter_traces`): it wants completion order, one
-expression per task and workers that exit when their parent dies.
+`parallel_map` serves the stages whose items are independent and whose
+output must not depend on --workers (conversions, DAgger relabelling).
+Trace generation iterates its own `pool()` (`generate_traces.iter_traces`):
+it wants completion order, one expression per task and workers that exit
+with their parent (`exit_with_parent`).
 
 Every worker pool of the project comes from `pool()`: forkserver workers,
 never plain fork. A forked worker inherits the parent's locks in whatever
 state its other threads left them (torch's and the tokenizers' thread pools,
 numba's, a progress thread), and one that needs such a lock waits forever.
-In a test process that had run torch, `generate_traces --workers 2` hung
-that way until CI's 90-minute limit (2026-11-23). Python 3.14 makes
+CI's run of 2026-11-23 stopped at its 90-minute limit inside
+`generate_traces --workers 2` run in a test process that had used torch;
+this is the likely cause (docs/LOG.md, session 7). Python 3.14 makes
 forkserver the default on Linux for the same reason.
 """
 

@@ -31,9 +31,10 @@ Protocol:
   (paired traced time + save vs paired bare time; target <= 20%); scaling =
   1-worker traced time / (pool start + 2-worker time) (target >= 1.8x);
   projected wall time of 1,000 expressions x 1,000 generations on 2 cores =
-  pool start + 10 x the 2-worker time with save (target <= 180 s). Also checks that 1 and 2 workers give the same
-  records. Not included: the CLI's checkpoint writes (none in runs under 30 s;
-  on long runs at most ~10% of the wall time, by design).
+  pool start + 10 x the 2-worker time with save (target <= 180 s). Also
+  checks that 1 and 2 workers give the same records. Not included: the
+  CLI's checkpoint writes (none in runs under 30 s; on long runs at most
+  ~10% of the wall time, by design).
 
 Everything shares the machine with whatever else runs on it: the scaling and
 the projection are only meaningful when nothing else is running.
