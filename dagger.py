@@ -1,4 +1,4 @@
-"""The DAgger loop: the learner rolls out, the expert labels its states, the learner is fine-tuned.
+"""The improvement loop: the learner rolls out, its data is made, the learner is fine-tuned (DAgger or expert iteration).
 
     python dagger.py --checkpoint checkpoints/onestep-tiny/final \\
         --expressions_file datasets/expressions/arith_1k_c05_X.pkl.gz \\
@@ -19,6 +19,20 @@ trains on that. One iteration i = 1..N, in `{output_dir}/iter{i:02d}/`:
     train    train.py --config <config> -o init_from=<current> ...     -> train/final/
              (fine-tune; train/final becomes the current checkpoint)
 
+Expert iteration (`--method expert_iteration`). The same loop without the
+expert: the learner's own rollouts are filtered by outcome and it is tuned on
+its successes, as Stream of Search and STaR do (Anthony et al., 2017, named
+the scheme). The relabel stage is dropped, and the conversion keeps the runs
+that solved their problem (`one_step_conversion.py --solved_only`) and, with
+`--ei_targets ancestors` (default), only the moves that led to the solution
+(the ancestry of the final best individual, `--ancestors_only`); `all`
+keeps every child of a solved run. The targets are the learner's proposals
+and the fallback children (BasicSR's moves where the model's output was
+unusable) that made it into those runs. Its data files are
+data/solved.{train,val}.jsonl. A round whose rollouts solve nothing in the
+train split gives no rows; when no round of the mix has any, the loop stops
+with an error rather than tune on imitation data alone.
+
 Each stage runs through its importable `main(argv)` (not a subprocess), so
 its own one-line errors are what the user sees, and the loop stops at the
 first failing stage. Every input (checkpoint, expressions file, imitation
@@ -29,7 +43,7 @@ hours of rollouts. `--dry_run` checks them too, then prints the commands
 nothing.
 
 Mixing rule (`--mix`, `--imitation_ratio`). The fine-tuning set of
-iteration i holds the DAgger rows of
+iteration i holds the DAgger (or expert-iteration) rows of
     aggregate (default)  every round so far, 1..i: DAgger's dataset aggregation;
     latest               round i only;
 plus rows of the original imitation data (`--imitation_data`, the one-step
@@ -38,8 +52,9 @@ expert's own states: each imitation row is kept with probability
 min(1, R x DAgger rows / imitation rows) with R = --imitation_ratio (about R
 imitation rows per DAgger row; `all` keeps them all, 0 none), one seeded
 draw per row (derive_seed(seed, iteration)). train.py shuffles the rows. The
-validation file is round i's DAgger val part: the expert's labels on the
-current learner's states, for expressions kept out of training.
+validation file is round i's val part: the expert's labels on the current
+learner's states (expert iteration: the solved runs' moves), for expressions
+kept out of training.
 
 Seeds: iteration i runs every stage with derive_seed(--seed, i) mod 2^31
 (trace sampling, the expert's draws, the split, the mix, training).
@@ -82,6 +97,9 @@ LOG_FORMAT, LOG_VERSION = "ttsr-dagger-log", 1
 DEFAULT_CONFIG = "training/dagger-tiny.json"
 TRAIN_RUN = "train"
 MIXES = ("aggregate", "latest")
+METHODS = ("dagger", "expert_iteration")
+EI_TARGETS = ("ancestors", "all")
+ROUND_DATA = {"dagger": "dagger", "expert_iteration": "solved"}  # name of a round's data files per method
 CONTEXT_TYPES = ("basic", "rich", "superrich")  # format_utils.CONTEXT_TYPES (not imported: a dry run stays light)
 MIX_STREAM = 1  # the mix's draws: make_generator(iteration seed, MIX_STREAM)
 # Config keys the loop sets itself; a user override of one would break the loop.
@@ -133,19 +151,20 @@ class Iteration:
     seed: int
     checkpoint: str  # the model going in
     overwrite: bool = False  # redoing an unfinished iteration: its stages may replace their outputs
+    method: str = "dagger"
     paths: dict = field(init=False)
 
     def __post_init__(self):
-        self.paths = iteration_paths(self.folder)
+        self.paths = iteration_paths(self.folder, self.method)
 
 
-def iteration_paths(folder: Path) -> dict[str, Path]:
-    """The files of the iteration in `folder` (see the module docstring)."""
-    data = folder / "data"
+def iteration_paths(folder: Path, method: str = "dagger") -> dict[str, Path]:
+    """The files of the iteration in `folder` (see the module docstring); `round*` are the round's own data."""
+    data, name = folder / "data", ROUND_DATA[method]
     return {
         "traces": folder / "traces.pkl.gz", "relabelled": folder / "traces.dagger.pkl.gz",
-        "dagger": data / "dagger.jsonl", "dagger_train": data / "dagger.train.jsonl",
-        "dagger_val": data / "dagger.val.jsonl", "tokenizer": data / "tokenizer",
+        "round": data / f"{name}.jsonl", "round_train": data / f"{name}.train.jsonl",
+        "round_val": data / f"{name}.val.jsonl", "tokenizer": data / "tokenizer",
         "mixed": data / "mixed.train.jsonl", "final": folder / TRAIN_RUN / "final",
     }
 
@@ -160,7 +179,7 @@ def iteration_seed(seed: int, number: int) -> int:
 
 
 def iteration_steps(args, it: Iteration) -> list[Step]:
-    """The five stage calls of one iteration, in order."""
+    """The stage calls of one iteration, in order: five for DAgger, four for expert iteration (no relabel)."""
     paths, seed = it.paths, str(it.seed)
     common = (["--overwrite"] if it.overwrite else []) + (["--quiet"] if args.quiet else [])
     traces = ["--expressions_file", str(args.expressions_file), "--checkpoint", it.checkpoint,
@@ -170,19 +189,25 @@ def iteration_steps(args, it: Iteration) -> list[Step]:
         traces += ["--max_expressions", str(args.max_expressions)]
     relabel = ["--input", str(paths["traces"]), "--output", str(paths["relabelled"]), "--seed", seed,
                "--workers", str(args.workers)]
-    convert = ["--input", str(paths["relabelled"]), "--dagger", "--split", "--val_fraction", str(args.val_fraction),
+    if args.method == "dagger":
+        targets = ["--input", str(paths["relabelled"]), "--dagger"]
+    else:
+        targets = ["--input", str(paths["traces"]), "--solved_only"]
+        targets += ["--ancestors_only"] if args.ei_targets == "ancestors" else []
+    convert = [*targets, "--split", "--val_fraction", str(args.val_fraction),
                "--context_type", args.context_type, "--parentheses", checkpoint_prompt(args)["parentheses"],
                "--sample_fraction", str(args.sample_fraction), "--seed", seed,
-               "--output", str(paths["dagger"]), "--tokenizer_dir", str(paths["tokenizer"]),
+               "--output", str(paths["round"]), "--tokenizer_dir", str(paths["tokenizer"]),
                "--workers", str(args.workers)]
     fine_tune = ["--config", str(args.config)]
     for override in fine_tune_overrides(args, it):
         fine_tune += ["-o", override]
     rounds = " + ".join(str(p) for p in dagger_rounds(args, it.number))
     ratio = "all" if args.imitation_ratio is None else f"{args.imitation_ratio:g}"
+    relabelling = [Step("relabel", "dagger_relabel.py", relabel + common)] if args.method == "dagger" else []
     return [
         Step("traces", "generate_traces.py", traces + shlex.split(args.trace_args) + common),
-        Step("relabel", "dagger_relabel.py", relabel + common),
+        *relabelling,
         Step("convert", "one_step_conversion.py", convert + common),
         Step("mix", None, [], f"{args.mix}: {rounds} + {args.imitation_data} "
                               f"(imitation_ratio {ratio}) -> {paths['mixed']}"),
@@ -195,14 +220,15 @@ def fine_tune_overrides(args, it: Iteration) -> list[str]:
     paths = it.paths
     quiet = ["disable_tqdm=true"] if args.quiet else []  # train.py's bar; a user's -o disable_tqdm=... wins
     return [*quiet, *args.override, f"init_from={it.checkpoint}", f"tokenizer={it.checkpoint}",
-            f"train_file={paths['mixed']}", f"val_file={paths['dagger_val']}",
+            f"train_file={paths['mixed']}", f"val_file={paths['round_val']}",
             f"output_dir={it.folder}", f"run_name={TRAIN_RUN}", f"seed={it.seed}"]
 
 
 def dagger_rounds(args, number: int) -> list[Path]:
-    """The DAgger train files iteration `number` fine-tunes on (the mixing rule)."""
+    """The rounds' train files iteration `number` fine-tunes on (the mixing rule)."""
     first = 1 if args.mix == "aggregate" else number
-    return [iteration_paths(iteration_folder(args.output_dir, n))["dagger_train"] for n in range(first, number + 1)]
+    return [iteration_paths(iteration_folder(args.output_dir, n), args.method)["round_train"]
+            for n in range(first, number + 1)]
 
 
 # --------------------------------------------------------------------------
@@ -216,6 +242,11 @@ def run_step(step: Step, args, it: Iteration) -> dict:
     if step.script is None:
         record.update(mix_training_data(dagger_rounds(args, it.number), Path(args.imitation_data),
                                         it.paths["mixed"], args.imitation_ratio, it.seed))
+        if record["round_rows"] == 0:
+            why = ("no rollout in the train split solved its problem (expert iteration learns from solved runs "
+                   "only): roll out longer or on more expressions (--num_generations, --max_expressions)"
+                   if args.method == "expert_iteration" else "the rollouts gave no DAgger labels")
+            raise StageError(f"iteration {it.number}, stage mix: the rounds hold no training rows; {why}", 1)
         check_tokenizer(it.paths["tokenizer"], Path(it.checkpoint))
     else:
         if step.name == "train":
@@ -278,17 +309,17 @@ def count_rows(path: Path) -> int:
 
 
 def mix_training_data(rounds: list[Path], imitation: Path, output: Path, ratio: float | None, seed: int) -> dict:
-    """Write the DAgger rows of `rounds` and a seeded share of the imitation rows to `output` (atomically).
+    """Write the rows of `rounds` and a seeded share of the imitation rows to `output` (atomically).
 
     `ratio` None keeps every imitation row; otherwise each is kept with
-    probability min(1, ratio x DAgger rows / imitation rows).
+    probability min(1, ratio x round rows / imitation rows).
     """
-    dagger_rows = sum(count_rows(path) for path in rounds)
+    round_rows = sum(count_rows(path) for path in rounds)
     available = count_rows(imitation)
     if ratio is None:
         keep = 1.0
     else:
-        keep = min(1.0, ratio * dagger_rows / available) if available else 0.0
+        keep = min(1.0, ratio * round_rows / available) if available else 0.0
     draw = RandomStream(make_generator(seed, MIX_STREAM)).random
     imitation_rows = 0
     with file_io.atomic_open(output, "w") as handle:
@@ -302,7 +333,7 @@ def mix_training_data(rounds: list[Path], imitation: Path, output: Path, ratio: 
                 for line in lines:
                     if line.strip():
                         handle.write(line if line.endswith("\n") else line + "\n")
-    return {"rounds": [str(p) for p in rounds], "dagger_rows": dagger_rows, "imitation_rows": imitation_rows,
+    return {"rounds": [str(p) for p in rounds], "round_rows": round_rows, "imitation_rows": imitation_rows,
             "imitation_available": available, "imitation_keep_probability": keep, "output": str(output)}
 
 
@@ -338,6 +369,8 @@ def resumed_log(args, path: Path) -> dict:
     if log.get("format") != LOG_FORMAT:
         raise UsageError(f"{path}: not a {LOG_FORMAT} file")
     expected = json.loads(json.dumps(recorded_parameters(args)))
+    for key, value in (("method", "dagger"), ("ei_targets", None)):  # logs written before expert iteration
+        log["parameters"].setdefault(key, value)
     differing = sorted(key for key in expected.keys() | log["parameters"].keys()
                        if expected.get(key) != log["parameters"].get(key))
     if differing:
@@ -365,7 +398,7 @@ def plan(args, log: dict) -> list[Iteration]:
             continue
         folder = iteration_folder(args.output_dir, number)
         iteration = Iteration(number, folder, iteration_seed(args.seed, number), checkpoint,
-                              overwrite=folder.exists())
+                              overwrite=folder.exists(), method=args.method)
         iterations.append(iteration)
         checkpoint = str(iteration.paths["final"])
     return iterations
@@ -395,14 +428,22 @@ def run_iteration(args, it: Iteration, log: dict, log_path: Path) -> str:
 
 
 def iteration_summary(it: Iteration) -> dict:
-    """What a user checks after a round: the learner's rollouts and the data it was tuned on."""
+    """What a user checks after a round: the learner's rollouts and the data it was tuned on.
+
+    `round_examples`: the round's examples (train and val): the expert's
+    labels (DAgger) or the moves of the solved runs (expert iteration).
+    """
     import conversion_common as cc
 
-    metadata = file_io.load(it.paths["relabelled"], kind="traces").metadata
-    relabel = metadata.get("dagger_relabel", {})
-    sidecar = json.loads(cc.sidecar_path(it.paths["dagger_train"]).read_text())
-    return {"traces": relabel.get("n_traces"), "learner_solved_fraction": metadata.get("solved_fraction"),
-            "expert_labels": relabel.get("n_labels"), "dagger_examples": sidecar["counts"]["all_parts"]["examples"]}
+    dagger = it.method == "dagger"
+    metadata = file_io.load(it.paths["relabelled" if dagger else "traces"], kind="traces").metadata
+    sidecar = json.loads(cc.sidecar_path(it.paths["round_train"]).read_text())
+    summary = {"traces": metadata.get("n_traces"), "learner_solved_fraction": metadata.get("solved_fraction"),
+               "round_examples": sidecar["counts"]["all_parts"]["examples"]}
+    if dagger:
+        relabel = metadata.get("dagger_relabel", {})
+        summary.update(traces=relabel.get("n_traces"), expert_labels=relabel.get("n_labels"))
+    return summary
 
 
 def run_loop(args, argv: list[str]) -> dict:
@@ -428,8 +469,9 @@ def run_loop(args, argv: list[str]) -> dict:
         checkpoint = run_iteration(args, it, log, log_path)
         summary = log["iterations"][-1]["summary"]
         solved = summary["learner_solved_fraction"]
+        kind = "DAgger examples" if args.method == "dagger" else "examples from solved rollouts"
         print(f"[dagger] iteration {it.number}: learner solved {'?' if solved is None else f'{solved:.1%}'} of "
-              f"{summary['traces']} rollouts, {summary['dagger_examples']} DAgger examples -> {checkpoint}")
+              f"{summary['traces']} rollouts, {summary['round_examples']} {kind} -> {checkpoint}")
     log.update(complete=True, final_checkpoint=checkpoint)
     write_log(log_path, log)
     return log
@@ -464,8 +506,9 @@ def imitation_ratio(text: str) -> float | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Run DAgger: NeuralSR rollouts, expert relabelling, conversion, mixing and fine-tuning, "
-                    "N times (see the module docstring for the mixing rule and the folder layout).",
+        description="Run DAgger (NeuralSR rollouts, expert relabelling, conversion, mixing, fine-tuning) or "
+                    "expert iteration (the same without the expert: tuned on the rollouts that solved their "
+                    "problem), N times (see the module docstring for the mixing rule and the folder layout).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
@@ -474,15 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--imitation_data", required=True,
         help="the original imitation data: the one-step train JSONL the checkpoint was trained on")
     add("--output_dir", required=True, help="folder of the loop: iter01/, iter02/, ... and dagger_log.json")
-    add("--iterations", type=int, default=3, help="DAgger iterations")
+    add("--iterations", type=int, default=3, help="loop iterations")
+    add("--method", choices=METHODS, default="dagger",
+        help="dagger: the expert labels the learner's states; expert_iteration: the learner is tuned on its own "
+             "rollouts that solved their problem (no expert)")
+    add("--ei_targets", choices=EI_TARGETS, default=None,
+        help="expert_iteration only: the moves that led to the solution (ancestors: the final best's ancestry) "
+             "or every child of a solved run (all) (default: ancestors)")
     add("--config", default=DEFAULT_CONFIG, help="train.py run config of the fine-tuning")
     add("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of --config (repeatable), e.g. -o max_steps=500; "
              f"the loop sets {', '.join(LOOP_KEYS[:-1])} itself")
     add("--mix", choices=MIXES, default="aggregate",
-        help="DAgger rows to tune on: every round so far (aggregate) or this round's only (latest)")
+        help="round rows to tune on: every round so far (aggregate) or this round's only (latest)")
     add("--imitation_ratio", type=imitation_ratio, default=1.0,
-        help="imitation rows mixed in per DAgger row (a seeded sample); 'all' keeps every one, 0 none")
+        help="imitation rows mixed in per round row (a seeded sample); 'all' keeps every one, 0 none")
     add("--population_size", type=int, default=20, help="NeuralSR individuals per generation in the rollouts")
     add("--num_generations", type=int, default=50, help="NeuralSR generations per rollout")
     add("--max_expressions", type=int, default=None,
@@ -490,8 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=256, help="expressions NeuralSR rolls out at once (one model call each)")
     add("--trace_args", default="",
         help="more generate_traces.py options, as one shell-quoted string, e.g. \"--temperature 0.8 --max_size 25\"")
-    add("--context_type", choices=CONTEXT_TYPES, default="basic", help="one-step context of the DAgger data; must be the checkpoint's")
-    add("--sample_fraction", type=float, default=1.0, help="share of the expert's labels turned into examples")
+    add("--context_type", choices=CONTEXT_TYPES, default="basic",
+        help="one-step context of the rounds' data; must be the checkpoint's")
+    add("--sample_fraction", type=float, default=1.0,
+        help="share of a round's targets (the expert's labels, or the solved runs' moves) turned into examples")
     add("--val_fraction", type=float, default=0.1, help="share of each round's expressions kept for validation")
     add("--seed", type=int, default=0, help="master seed; iteration i runs with derive_seed(seed, i) mod 2^31")
     add("--workers", type=int, default=1, help="worker processes of the relabelling and the conversion")
@@ -505,6 +556,10 @@ def check_args(args) -> None:
     """UsageError on bad values and on options the loop must set itself."""
     if args.iterations < 1:
         raise UsageError(f"--iterations must be at least 1, got {args.iterations}")
+    if args.method == "dagger" and args.ei_targets is not None:
+        raise UsageError(f"--ei_targets {args.ei_targets}: applies to --method expert_iteration only")
+    if args.method == "expert_iteration" and args.ei_targets is None:
+        args.ei_targets = "ancestors"
     for name in ("batch_size", "population_size", "workers"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -587,7 +642,8 @@ def check_inputs(args) -> None:
         raise UsageError(f"{args.imitation_data}: file has no rows (--imitation_data)")
     check_prompt_settings(args)
     check_output_dir(Path(args.output_dir))
-    first = Iteration(1, iteration_folder(args.output_dir, 1), iteration_seed(args.seed, 1), str(checkpoint))
+    first = Iteration(1, iteration_folder(args.output_dir, 1), iteration_seed(args.seed, 1), str(checkpoint),
+                      method=args.method)
     try:
         train.load_config(args.config, fine_tune_overrides(args, first))
     except train.ConfigError as error:

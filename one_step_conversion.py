@@ -37,7 +37,12 @@ Targets. Every child of generation g except
 - children of a restart (origin 'restart'): re-seeded like generation 0 after
   a stagnation the prompt does not show; skipped and counted.
 --ancestors_only keeps only the children in `ancestors_of_best[g]`, the
-ancestry of the final best individual. --sample_fraction f keeps each
+ancestry of the final best individual. --solved_only keeps only the traces
+whose run solved its problem (the trace's `solved` flag); the others are
+skipped and counted (`unsolved_traces`). Together they are expert
+iteration's data (dagger.py --method expert_iteration): the moves of the
+learner's own successful NeuralSR runs that led to the solution, made in the
+learner's own states. --sample_fraction f keeps each
 remaining candidate with probability f, one seeded draw per (generation,
 slot) of a trace, so the choice depends only on (seed, expression id).
 
@@ -66,6 +71,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 import conversion_common as cc
 import expressions as ex
 import format_utils as fu
@@ -86,6 +93,7 @@ class OneStepOptions:
     sample_fraction: float = 1.0
     seed: int = 0
     parentheses: str = "full"  # how expressions are written (format_utils.PARENTHESES)
+    solved_only: bool = False
 
 
 # --------------------------------------------------------------------------
@@ -137,6 +145,9 @@ def transitions(trace: dict, context: fu.ProblemContext, options: OneStepOptions
                 counts: Counter | None = None):
     """Per generation g with targets: (g, context and population texts of g-1, [(slot, target text, origin)])."""
     counts = Counter() if counts is None else counts
+    if options.solved_only and not trace_solved(trace, source):
+        counts["unsolved_traces"] += 1
+        return
     trajectory = trace["trajectory"]
     if options.dagger:
         generations = dagger_targets(trace, options, counts, source)
@@ -158,6 +169,15 @@ def transitions(trace: dict, context: fu.ProblemContext, options: OneStepOptions
                 text = target_texts[expression] = fu.format_target(expression, options.parentheses)
             formatted.append((slot, text, origin))
         yield generation, context.text(previous), population_text, formatted
+
+
+def trace_solved(trace: dict, source="") -> bool:
+    """The trace's `solved` flag (generate_traces.py writes it); DataFileError when it has none."""
+    solved = trace.get("solved")
+    if not isinstance(solved, (bool, np.bool_)):
+        raise DataFileError(f"{source}: expression {trace.get('expression_id')}: the trace has no solved flag "
+                            f"(true or false) for --solved_only")
+    return bool(solved)
 
 
 def skip_reason(elite: bool, origin: str, keep_elite_copies: bool) -> str | None:
@@ -272,13 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--context_type", choices=fu.CONTEXT_TYPES, default="basic", help="how much of the problem the context shows")
     add("--ancestors_only", action="store_true", help="targets: only the ancestors of the final best individual")
     add("--dagger", action="store_true", help="targets: the expert's dagger_expressions for the learner's states")
+    add("--solved_only", action="store_true",
+        help="only the traces whose run solved its problem (expert iteration's filter; with --ancestors_only, the "
+             "moves that led to the solution); the others are skipped and counted")
     add("--keep_elite_copies", action="store_true",
         help="keep the elite copy (slot 0) as a target; by default it is dropped and counted")
     return parser
 
 
 def variant_name(args) -> str:
-    return "anc" if args.ancestors_only else "dagger" if args.dagger else ""
+    targets = "anc" if args.ancestors_only else "dagger" if args.dagger else ""
+    return f"solved{targets}" if args.solved_only else targets
 
 
 def convert(args, argv: list[str]) -> dict:
@@ -287,6 +311,9 @@ def convert(args, argv: list[str]) -> dict:
     if args.dagger and args.ancestors_only:
         raise cc.UsageError("--dagger and --ancestors_only exclude each other "
                             "(the ancestry belongs to the learner's run, not to the expert's labels)")
+    if args.dagger and args.solved_only:
+        raise cc.UsageError("--dagger and --solved_only exclude each other "
+                            "(the expert's labels do not depend on whether the learner's run solved its problem)")
     args.output = args.output or cc.default_output("onestep", [args.context_type, variant_name(args)], args.input,
                                                    args.parentheses)
     cc.check_outputs(args)
@@ -295,11 +322,11 @@ def convert(args, argv: list[str]) -> dict:
         raise DataFileError(f"{args.input}: no trace carries DAgger labels (dagger_expressions); "
                             "relabel NeuralSR traces with the expert first")
     options = OneStepOptions(args.ancestors_only, args.dagger, args.keep_elite_copies, args.sample_fraction,
-                             args.seed, args.parentheses)
+                             args.seed, args.parentheses, args.solved_only)
     source = str(args.input)
     conversion = cc.trace_conversion("one_step", data, functools.partial(item_lines, options=options, source=source),
                                      args, ancestors_only=args.ancestors_only, dagger=args.dagger,
-                                     keep_elite_copies=args.keep_elite_copies)
+                                     keep_elite_copies=args.keep_elite_copies, solved_only=args.solved_only)
     return cc.run_conversion(conversion, args, argv, SCRIPT)
 
 

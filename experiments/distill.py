@@ -618,7 +618,8 @@ def markdown(report: dict) -> str:
         for entry in loop.get("iterations", []):
             lines.append(f"- DAgger `{name}` iteration {entry['iteration']}: {entry.get('traces')} rollouts "
                          f"(learner solved {fmt_share(entry.get('learner_solved_fraction'))}), "
-                         f"{entry.get('dagger_examples')} DAgger examples; {fmt(entry.get('seconds'))} s")
+                         f"{entry.get('round_examples', entry.get('dagger_examples'))} DAgger examples; "
+                         f"{fmt(entry.get('seconds'))} s")
     return "\n".join(lines) + "\n"
 
 

@@ -162,6 +162,38 @@ def test_ancestors_only_targets_are_ancestors_of_the_final_best(data, traces, tm
             row["metadata"]["generation"]]
 
 
+def test_solved_only_keeps_the_solved_runs_and_counts_the_others(data, traces, tmp_path):
+    """Expert iteration's filter: rows only from traces flagged solved; with --ancestors_only, their ancestry."""
+    flagged = [{**trace, "solved": index in (1, 4)} for index, trace in enumerate(traces)]
+    source = tmp_path / "flagged.pkl.gz"
+    file_io.save(source, "traces", flagged, file_io.load(data[1]).metadata)
+    solved_ids = {flagged[1]["expression_id"], flagged[4]["expression_id"]}
+    everything = rows_of(convert(one_step_conversion, tmp_path, source, name="all.jsonl"))
+    output = convert(one_step_conversion, tmp_path, source, "--solved_only", name="solved.jsonl")
+    rows = rows_of(output)
+    assert rows and rows == [row for row in everything if row["expression_id"] in solved_ids]
+    assert sidecar(output)["counts"]["skipped"]["unsolved_traces"] == len(traces) - 2
+    assert sidecar(output)["metadata"]["parameters"]["solved_only"] is True
+    ancestry = rows_of(convert(one_step_conversion, tmp_path, source, "--solved_only", "--ancestors_only",
+                               name="solved_anc.jsonl"))
+    all_ancestry = rows_of(convert(one_step_conversion, tmp_path, source, "--ancestors_only", name="anc.jsonl"))
+    assert ancestry and ancestry == [row for row in all_ancestry if row["expression_id"] in solved_ids]
+
+
+def test_solved_only_refuses_dagger_and_traces_without_the_flag(data, traces, tmp_path, capsys):
+    assert run(one_step_conversion, "--input", data[1], "--output", tmp_path / "d.jsonl", "--dagger",
+               "--solved_only") == 2
+    assert "--solved_only" in one_error_line(capsys)
+    unflagged = [{k: v for k, v in trace.items() if k != "solved"} for trace in traces]
+    source = tmp_path / "unflagged.pkl.gz"
+    file_io.save(source, "traces", unflagged, file_io.load(data[1]).metadata)
+    assert run(one_step_conversion, "--input", source, "--output", tmp_path / "u.jsonl", "--solved_only",
+               "--quiet") == 2
+    line = one_error_line(capsys)
+    assert str(source) in line and "solved" in line
+    assert not (tmp_path / "u.jsonl").exists()
+
+
 def test_sample_fraction_is_seeded_per_expression(data, traces, tmp_path):
     first = convert(one_step_conversion, tmp_path, data[1], "--sample_fraction", "0.3", "--seed", "7", name="a.jsonl")
     again = convert(one_step_conversion, tmp_path, data[1], "--sample_fraction", "0.3", "--seed", "7", name="b.jsonl")

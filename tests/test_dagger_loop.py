@@ -202,7 +202,7 @@ def test_mix_aggregates_rounds_with_a_seeded_share_of_imitation_rows(tmp_path):
     counts = dagger.mix_training_data(rounds, imitation, output, 2.0, seed=5)
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     tags = [row["tag"] for row in rows]
-    assert tags.count("round1") == tags.count("round2") == 50 == counts["dagger_rows"] / 2
+    assert tags.count("round1") == tags.count("round2") == 50 == counts["round_rows"] / 2
     assert counts["imitation_keep_probability"] == 0.2 and 150 < tags.count("imitation") < 250
     assert counts["imitation_rows"] == tags.count("imitation") and counts["imitation_available"] == 1000
     first = output.read_bytes()
@@ -247,28 +247,44 @@ def check_loop_folder(output_dir: Path, start_checkpoint) -> dict:
         assert relabelled.metadata["dagger"] is True
         assert all("dagger_expressions" in trace for trace in relabelled.records)
         mix = entry["steps"][3]
-        assert mix["dagger_rows"] > 0 and len(mix["rounds"]) == entry["iteration"]  # aggregate
+        assert mix["round_rows"] > 0 and len(mix["rounds"]) == entry["iteration"]  # aggregate
         meta = json.loads((Path(checkpoint) / train.CHECKPOINT_META).read_text())
         assert meta["train_file"] == str(folder / "data" / "mixed.train.jsonl")
     assert log["final_checkpoint"] == checkpoint
     return log
 
 
-def test_loop_runs_every_stage_with_a_stand_in_learner(imitation, stand_in_checkpoint, tmp_path, monkeypatch,
-                                                       capsys):
-    """BasicSR traces stand in for the NeuralSR rollouts; relabel, convert, mix and fine-tune are the real ones."""
-    real_main = gt.main
-    calls = []
+GENERATE_TRACES = gt.main  # the real one, whatever a test has patched in
 
-    def basic_sr_traces(argv):
+
+def stand_in_rollouts(calls: list, solved=None, fail_on: int | None = None):
+    """generate_traces.main with BasicSR traces standing in for NeuralSR's rollouts (same file format).
+
+    Each call's argv goes to `calls`; with `solved`, each trace's solved flag
+    becomes solved(expression id); call number `fail_on` exits 2 after writing.
+    """
+    def rollouts(argv):
         calls.append(list(argv))
         argv = list(argv)
         for flag in ("--checkpoint", "--batch_size"):
             index = argv.index(flag)
             del argv[index:index + 2]
-        return real_main(argv)
+        status = GENERATE_TRACES(argv)
+        if solved is not None:
+            output = argv[argv.index("--output") + 1]
+            loaded = file_io.load(output, kind="traces")
+            records = [{**trace, "solved": solved(trace["expression_id"])} for trace in loaded.records]
+            file_io.save(output, "traces", records, loaded.metadata)
+        return 2 if len(calls) == fail_on else status
 
-    monkeypatch.setattr(gt, "main", basic_sr_traces)
+    return rollouts
+
+
+def test_loop_runs_every_stage_with_a_stand_in_learner(imitation, stand_in_checkpoint, tmp_path, monkeypatch,
+                                                       capsys):
+    """BasicSR traces stand in for the NeuralSR rollouts; relabel, convert, mix and fine-tune are the real ones."""
+    calls = []
+    monkeypatch.setattr(gt, "main", stand_in_rollouts(calls))
     output_dir = tmp_path / "loop"
     overrides = [item for override in FAST_TRAINING for item in ("-o", override)]
     assert dagger.main(loop_args(imitation, stand_in_checkpoint, output_dir, *overrides)) == 0
@@ -284,29 +300,88 @@ def test_loop_runs_every_stage_with_a_stand_in_learner(imitation, stand_in_check
 
 def test_resume_redoes_an_unfinished_iteration(imitation, stand_in_checkpoint, tmp_path, monkeypatch, capsys):
     """Iteration 2 dies after writing its traces; --resume keeps iteration 1 and redoes 2, replacing its files."""
-    real_main = gt.main
     calls = []
-
-    def stand_in(argv, fail_on=None):
-        calls.append(list(argv))
-        argv = list(argv)
-        for flag in ("--checkpoint", "--batch_size"):
-            index = argv.index(flag)
-            del argv[index:index + 2]
-        status = real_main(argv)
-        return 2 if len(calls) == fail_on else status
-
-    monkeypatch.setattr(gt, "main", lambda argv: stand_in(argv, fail_on=2))
+    monkeypatch.setattr(gt, "main", stand_in_rollouts(calls, fail_on=2))
     output_dir = tmp_path / "loop"
     overrides = [item for override in FAST_TRAINING for item in ("-o", override)]
     assert dagger.main(loop_args(imitation, stand_in_checkpoint, output_dir, *overrides)) == 2
     assert "iteration 2, stage traces failed" in capsys.readouterr().err
     assert (output_dir / "iter02" / "traces.pkl.gz").exists()
-    monkeypatch.setattr(gt, "main", stand_in)
+    monkeypatch.setattr(gt, "main", stand_in_rollouts(calls))
     assert dagger.main(loop_args(imitation, stand_in_checkpoint, output_dir, "--resume", *overrides)) == 0
     log = check_loop_folder(output_dir, stand_in_checkpoint)
     assert [entry["iteration"] for entry in log["abandoned"]] == [2]
     assert len(calls) == 3 and "--overwrite" in calls[2] and "--overwrite" not in calls[0]
+
+
+def test_expert_iteration_dry_run_has_no_expert_and_keeps_the_solved_runs(imitation, tmp_path, capsys):
+    output_dir = tmp_path / "loop"
+    start = checkpoint_stub(tmp_path / "ckpt" / "final")
+    assert dagger.main(loop_args(imitation, start, output_dir, "--dry_run", "--method", "expert_iteration")) == 0
+    commands = [line for line in capsys.readouterr().out.strip().splitlines() if not line.startswith("# iteration")]
+    scripts = [line.split()[1] if not line.startswith("#") else "mix" for line in commands]
+    assert scripts == ["generate_traces.py", "one_step_conversion.py", "mix", "train.py"] * 2
+    convert = shlex.split(commands[1])
+    assert {"--solved_only", "--ancestors_only"} <= set(convert) and "--dagger" not in convert
+    assert convert[convert.index("--input") + 1] == str(output_dir / "iter01" / "traces.pkl.gz")
+    assert str(output_dir / "iter01" / "data" / "solved.train.jsonl") in commands[6]  # aggregate: round 1 too
+    assert f"val_file={output_dir / 'iter02' / 'data' / 'solved.val.jsonl'}" in commands[7]
+    assert dagger.main(loop_args(imitation, start, output_dir, "--dry_run", "--method", "expert_iteration",
+                                 "--ei_targets", "all")) == 0
+    convert = shlex.split(capsys.readouterr().out.strip().splitlines()[2])
+    assert "--solved_only" in convert and "--ancestors_only" not in convert
+    assert dagger.main(loop_args(imitation, start, output_dir, "--dry_run", "--ei_targets", "all")) == 2
+    assert "--method expert_iteration" in capsys.readouterr().err
+
+
+def test_expert_iteration_tunes_on_the_solved_rollouts_only(imitation, stand_in_checkpoint, tmp_path, monkeypatch,
+                                                            capsys):
+    """Two rounds with stand-in rollouts, even expression ids flagged solved: the rounds' rows come from those."""
+    calls = []
+    monkeypatch.setattr(gt, "main", stand_in_rollouts(calls, lambda expression_id: expression_id % 2 == 0))
+    output_dir = tmp_path / "loop"
+    overrides = [item for override in FAST_TRAINING for item in ("-o", override)]
+    argv = loop_args(imitation, stand_in_checkpoint, output_dir, "--method", "expert_iteration", "--val_fraction",
+                     "0.2", *overrides)
+    assert dagger.main(argv) == 0
+    assert "examples from solved rollouts" in capsys.readouterr().out
+    log = json.loads((output_dir / dagger.LOG_NAME).read_text())
+    assert log["complete"] and log["parameters"]["ei_targets"] == "ancestors"
+    checkpoint = str(stand_in_checkpoint)
+    for entry in log["iterations"]:
+        assert [step["name"] for step in entry["steps"]] == ["traces", "convert", "mix", "train"]
+        assert entry["checkpoint_in"] == checkpoint
+        checkpoint = entry["checkpoint_out"]
+        folder = Path(entry["folder"])
+        assert not (folder / "traces.dagger.pkl.gz").exists()
+        traces = {t["expression_id"]: t for t in file_io.load(folder / "traces.pkl.gz").records}
+        rows = [row for part in ("train", "val") for row in file_io.read_jsonl(folder / "data" / f"solved.{part}.jsonl")]
+        assert rows and {row["expression_id"] % 2 for row in rows} == {0}
+        for row in rows:  # --ei_targets ancestors: the moves that led to the final best
+            ancestry = traces[row["expression_id"]]["trajectory"]["ancestors_of_best"]
+            assert row["metadata"]["target_index"] in ancestry[row["metadata"]["generation"]]
+        mix = entry["steps"][2]
+        assert mix["round_rows"] > 0 and len(mix["rounds"]) == entry["iteration"]
+        assert entry["summary"]["round_examples"] == len(rows) and "expert_labels" not in entry["summary"]
+    assert log["final_checkpoint"] == checkpoint and len(calls) == 2
+    # Resuming with the other method is refused: the log names what differs.
+    assert dagger.main(loop_args(imitation, stand_in_checkpoint, output_dir, "--resume", "--val_fraction", "0.2",
+                                 *overrides)) == 2
+    assert "method" in capsys.readouterr().err
+
+
+def test_expert_iteration_with_nothing_solved_stops_before_training(imitation, stand_in_checkpoint, tmp_path,
+                                                                    monkeypatch, capsys):
+    monkeypatch.setattr(gt, "main", stand_in_rollouts([], lambda expression_id: False))
+    output_dir = tmp_path / "loop"
+    overrides = [item for override in FAST_TRAINING for item in ("-o", override)]
+    assert dagger.main(loop_args(imitation, stand_in_checkpoint, output_dir, "--method", "expert_iteration",
+                                 *overrides)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: iteration 1, stage mix: the rounds hold no training rows") and "solved" in err[-1]
+    log = json.loads((output_dir / dagger.LOG_NAME).read_text())
+    assert [step["status"] for step in log["iterations"][0]["steps"]] == ["ok", "ok", "failed"]
+    assert not (output_dir / "iter01" / "train").exists()
 
 
 def test_a_failing_stage_stops_the_loop_with_its_error_and_a_log(imitation, stand_in_checkpoint, tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_cpu_variant_runs_every_stage_and_reports(study):
     assert tuned["train_examples"] > 0
     loop = report["dagger"]["dagger"]
     assert loop["complete"] and [entry["iteration"] for entry in loop["iterations"]] == [1]
-    assert loop["iterations"][0]["dagger_examples"] > 0 and loop["iterations"][0]["traces"] == 8
+    assert loop["iterations"][0]["round_examples"] > 0 and loop["iterations"][0]["traces"] == 8
     assert set(report["evaluations"]) == set(config["evaluations"])
     main = report["evaluations"]["main-10"]["methods"]
     assert set(main) == {"basic", "neural"} and main["neural"]["runs"] == main["basic"]["runs"] == 5
