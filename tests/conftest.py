@@ -10,6 +10,13 @@ if _REPO_ROOT not in sys.path:
 import pytest
 
 
+def pytest_addoption(parser, pluginmanager):
+    """pytest.ini's `timeout` belongs to pytest-timeout; where that is not installed (the GPU machine's python),
+    the key is declared here so that pytest does not warn about an unknown option (no time limit applies)."""
+    if not pluginmanager.has_plugin("timeout"):
+        parser.addini("timeout", "per-test time limit in seconds (used by pytest-timeout, not installed here)")
+
+
 @pytest.fixture(scope="module")
 def torch_one_thread():
     """Torch on one thread for a test module (tiny models on a shared 2-core
