@@ -1,4 +1,4 @@
-"""The improvement loop: the learner rolls out, its data is made, the learner is fine-tuned (DAgger or expert iteration).
+"""The improvement loop, DAgger or expert iteration: the learner rolls out, its data is made, it is fine-tuned.
 
     python dagger.py --checkpoint checkpoints/onestep-tiny/final \\
         --expressions_file datasets/expressions/arith_1k_c05_X.pkl.gz \\

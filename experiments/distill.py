@@ -471,11 +471,12 @@ def training_curve(run_dir: Path) -> dict:
 
 
 def dagger_summary(log_path: Path) -> dict:
-    """Per DAgger iteration: its seconds, each step's seconds and what its summary counted."""
+    """The loop's method, and per iteration: its seconds, each step's seconds and what its summary counted."""
     if not log_path.exists():
         return {}
     log = json.loads(log_path.read_text())
-    return {"complete": log.get("complete"), "final_checkpoint": log.get("final_checkpoint"),
+    return {"method": log.get("parameters", {}).get("method", "dagger"),
+            "complete": log.get("complete"), "final_checkpoint": log.get("final_checkpoint"),
             "iterations": [{"iteration": entry["iteration"], "seconds": entry.get("seconds"),
                             "steps": {step["name"]: step.get("seconds") for step in entry["steps"]},
                             **entry.get("summary", {})} for entry in log["iterations"]]}
@@ -615,10 +616,12 @@ def markdown(report: dict) -> str:
             lines.append(f"- model `{name}`: loss {first[1]:.3f} (step {first[0]}) -> {last[1]:.3f} (step {last[0]}); "
                          f"final {curve['final']}")
     for name, loop in report.get("dagger", {}).items():
+        dagger = loop.get("method", "dagger") == "dagger"
+        method, examples = ("DAgger", "DAgger examples") if dagger else ("Expert iteration", "examples from solved runs")
         for entry in loop.get("iterations", []):
-            lines.append(f"- DAgger `{name}` iteration {entry['iteration']}: {entry.get('traces')} rollouts "
+            lines.append(f"- {method} `{name}` iteration {entry['iteration']}: {entry.get('traces')} rollouts "
                          f"(learner solved {fmt_share(entry.get('learner_solved_fraction'))}), "
-                         f"{entry.get('round_examples', entry.get('dagger_examples'))} DAgger examples; "
+                         f"{entry.get('round_examples', entry.get('dagger_examples'))} {examples}; "
                          f"{fmt(entry.get('seconds'))} s")
     return "\n".join(lines) + "\n"
 

@@ -355,7 +355,8 @@ def test_expert_iteration_tunes_on_the_solved_rollouts_only(imitation, stand_in_
         folder = Path(entry["folder"])
         assert not (folder / "traces.dagger.pkl.gz").exists()
         traces = {t["expression_id"]: t for t in file_io.load(folder / "traces.pkl.gz").records}
-        rows = [row for part in ("train", "val") for row in file_io.read_jsonl(folder / "data" / f"solved.{part}.jsonl")]
+        rows = [row for part in ("train", "val")
+                for row in file_io.read_jsonl(folder / "data" / f"solved.{part}.jsonl")]
         assert rows and {row["expression_id"] % 2 for row in rows} == {0}
         for row in rows:  # --ei_targets ancestors: the moves that led to the final best
             ancestry = traces[row["expression_id"]]["trajectory"]["ancestors_of_best"]

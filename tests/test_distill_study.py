@@ -46,7 +46,8 @@ def test_cpu_variant_runs_every_stage_and_reports(study):
     assert resolved["init_from"] == str(plan.checkpoint("main"))
     assert tuned["train_examples"] > 0
     loop = report["dagger"]["dagger"]
-    assert loop["complete"] and [entry["iteration"] for entry in loop["iterations"]] == [1]
+    assert loop["complete"] and loop["method"] == "dagger"
+    assert [entry["iteration"] for entry in loop["iterations"]] == [1]
     assert loop["iterations"][0]["round_examples"] > 0 and loop["iterations"][0]["traces"] == 8
     assert set(report["evaluations"]) == set(config["evaluations"])
     main = report["evaluations"]["main-10"]["methods"]
@@ -55,6 +56,7 @@ def test_cpu_variant_runs_every_stage_and_reports(study):
     stages = {entry["stage"] for entry in report["commands"]}
     assert stages == {"expressions", "traces", "check", "convert", "train", "dagger", "evaluate"}
     assert "| main-10 | neural |" in (workdir / "study.md").read_text()
+    assert "- DAgger `dagger` iteration 1: 8 rollouts" in (workdir / "study.md").read_text()
     # Every recorded command is a plain command line of the project's scripts.
     assert all("python" in entry["command"] and entry["exit"] == 0 for entry in report["commands"])
 
