@@ -36,6 +36,7 @@ parameters are unchanged, so a checkpoint reloads as a stock GPTNeoForCausalLM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -529,7 +530,7 @@ def load_datasets(config: RunConfig, tokenizer, val_file: str | None, say=print)
             raise ConfigError("point_prefix needs expressions_file: the expressions file (X, y by expression id) "
                               "the traces were made from; the train file's sidecar names none")
     options = dict(tokenizer=tokenizer, mode=config.mode, max_length=config.max_length, with_points=points,
-                   expressions_file=expressions, use_datasets=config.use_datasets)
+                   expressions_file=expressions, use_datasets=config.use_datasets, progress=not config.disable_tqdm)
     train_set = td.load_examples(config.train_file, **options)
     say("train " + train_set.report.line())
     train_set = td.select_subset(train_set, config.max_train_examples, config.seed)
@@ -935,12 +936,29 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
     fails before anything is written into its new run folder removes it."""
     new_folders = []
     try:
-        return _train(config, config_path, argv, callbacks, new_folders)
+        with library_bars_off(config.disable_tqdm):
+            return _train(config, config_path, argv, callbacks, new_folders)
     except BaseException:
         if is_main_process():
             for folder in new_folders:
                 remove_if_empty(folder)
         raise
+
+
+@contextlib.contextmanager
+def library_bars_off(off: bool):
+    """With `off` (disable_tqdm), transformers' own progress bars (loading and writing weights) are silenced
+    for the run and restored after it (train() is called in-process by dagger.py and the tests)."""
+    from transformers.utils import logging as hf_logging
+
+    silence = off and hf_logging.is_progress_bar_enabled()
+    if silence:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if silence:
+            hf_logging.enable_progress_bar()
 
 
 def remove_if_empty(folder: Path) -> bool:

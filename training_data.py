@@ -210,10 +210,12 @@ class ArrowExamples(torch.utils.data.Dataset):
 
 
 def load_examples(path, tokenizer, mode: str, max_length: int, *, with_points: bool = False,
-                  expressions_file=None, use_datasets=None, cache_dir=None, allow_empty: bool = False):
+                  expressions_file=None, use_datasets=None, cache_dir=None, allow_empty: bool = False,
+                  progress: bool = True):
     """Tokenized examples of a JSONL file (TokenizedExamples or ArrowExamples) with a LoadReport.
 
     `use_datasets`: None = when installed, True = required, False = never.
+    `progress`: False silences the `datasets` library's progress bars.
     Raises DataFileError when no example fits in `max_length` tokens (an
     empty file is allowed with `allow_empty`).
     """
@@ -226,7 +228,7 @@ def load_examples(path, tokenizer, mode: str, max_length: int, *, with_points: b
     first = next(iter(file_io.read_jsonl(path)), None)  # a missing, binary or bad first line: one line
     source = PointSource(expressions_file) if with_points else None
     if use_datasets and first is not None:  # (`datasets` cannot read a file without rows)
-        examples = _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir)
+        examples = _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir, progress)
     else:
         examples = _load_plain(path, tokenizer, mode, max_length, source)
     if examples.report.rows == 0 and not allow_empty:
@@ -268,10 +270,21 @@ def _load_plain(path, tokenizer, mode, max_length, source) -> TokenizedExamples:
     return TokenizedExamples(ids, offsets, np.asarray(prompt_counts, dtype=np.int32), points, report)
 
 
-def _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir) -> ArrowExamples:
+def _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir, progress=True) -> ArrowExamples:
     """Tokenize through `datasets` (Arrow, memory-mapped, cached); same items as the plain reader."""
     import datasets  # optional dependency, imported only here
 
+    bars = datasets.is_progress_bar_enabled()
+    if bars and not progress:
+        datasets.disable_progress_bars()
+    try:
+        return _tokenize_with_datasets(datasets, path, tokenizer, mode, max_length, source, cache_dir)
+    finally:
+        if bars and not progress:
+            datasets.enable_progress_bars()
+
+
+def _tokenize_with_datasets(datasets, path, tokenizer, mode, max_length, source, cache_dir) -> ArrowExamples:
     report = LoadReport(str(path), backend="datasets")
     json_logger = logging.getLogger("datasets.packaged_modules.json.json")
     level = json_logger.level

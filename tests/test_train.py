@@ -197,9 +197,11 @@ def test_cli_bad_train_file_is_one_line_error_and_leaves_no_run_folder(data_dir,
     for name, (path, pattern) in _bad_train_files(tmp_path, data_dir / "onestep.val.jsonl").items():
         assert exit_code(train.main, ["--config", str(config), "-o", f"train_file={path}"]) == 2, name
         err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip() and "examples/s]" not in line]  # progress bars
+        lines = [line for line in err.splitlines() if line.strip()]  # disable_tqdm: no `datasets` bars either
         assert len(lines) == 1 and lines[0].startswith(f"error: {path}") and "Traceback" not in err, (name, err)
     assert not (tmp_path / "out").exists()
+    if use_datasets:  # silenced for the run only
+        assert __import__("datasets").is_progress_bar_enabled()
 
 
 def test_a_run_failing_after_the_trainer_made_its_folder_leaves_none(data_dir, tmp_path):
@@ -486,6 +488,8 @@ def test_cli_trains_and_resumes(pipeline_dir, tmp_path, capsys, monkeypatch):
               "-o", "save_steps=3", "-o", "dataloader_num_workers=0", "-o", "eval_steps=0",
               "-o", "disable_tqdm=true", "-o", "use_datasets=false"]
     assert train.main(common + ["-o", "max_steps=3"]) == 0
+    assert "it/s]" not in capsys.readouterr().err  # disable_tqdm: no transformers bars either (writing weights)
+    assert __import__("transformers").utils.logging.is_progress_bar_enabled()  # silenced for the run only
     assert (tmp_path / "onestep-tiny" / "checkpoint-3" / train.CHECKPOINT_META).exists()
     assert train.main(common + ["-o", "max_steps=5", "--resume", "latest"]) == 0
     assert json.loads((tmp_path / "onestep-tiny" / "trainer_state.json").read_text())["global_step"] == 5
