@@ -6,10 +6,11 @@
 
 prints ``expressions: 40% 400/1000 [00:02<00:03, 180.0/s]`` on stderr. On a
 terminal the line is redrawn in place at most `refresh_per_second` times a
-second; when the stream is not a terminal (a log file, a pipe, pytest) nothing
-is printed until `close()`, which writes the final line once, so logs get one
-line instead of thousands of carriage returns. `disable=True` prints nothing
-at all.
+second; when the stream is not a terminal (a log file, a pipe, a Slurm job's
+output, pytest) a full line is written every `log_interval` seconds (60 by
+default: a job's log shows its progress and ETA, without thousands of
+carriage returns), and `close()` writes the final line once. `disable=True`
+prints nothing at all.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class Progress:
     """Counts work done out of `total` and shows percentage, rate and ETA."""
 
     def __init__(self, total: int | None, desc: str = "", *, disable: bool = False,
-                 stream=None, refresh_per_second: float = 5.0, clock=time.monotonic):
+                 stream=None, refresh_per_second: float = 5.0, log_interval: float = 60.0,
+                 clock=time.monotonic):
         self.total = total
         self.desc = desc
         self.count = 0
@@ -40,20 +42,28 @@ class Progress:
         self.stream = sys.stderr if stream is None else stream
         self.interactive = not disable and _is_terminal(self.stream)
         self.interval = 1.0 / refresh_per_second
+        self.log_interval = log_interval
         self.clock = clock
         self.start = clock()
         self.last_draw = -float("inf")
+        self.last_log = self.start
         self.drawn_width = 0  # of the line on the terminal, to blank leftovers of a longer one
         self.closed = False
 
     def update(self, n: int = 1) -> None:
-        """Record `n` more units of work; redraw if the terminal line is stale."""
+        """Record `n` more units of work; redraw if the terminal line is stale (off a terminal: a line per
+        `log_interval` seconds)."""
         self.count += n
         if self.interactive:
             now = self.clock()
             if now - self.last_draw >= self.interval:
                 self.last_draw = now
                 self._redraw(self.line(now), end="")
+        elif not self.disable:
+            now = self.clock()
+            if now - self.last_log >= self.log_interval:
+                self.last_log = now
+                self._write(self.line(now) + "\n")
 
     def line(self, now: float | None = None) -> str:
         """The current status text, e.g. 'desc: 40% 400/1000 [00:02<00:03, 180.0/s]'."""

@@ -278,6 +278,19 @@ def test_progress_is_silent_off_terminal_until_close():
     assert stream.getvalue() == "gen: 40% 400/1000 [00:02<00:03, 200.0/s]\n"
 
 
+def test_progress_off_terminal_writes_a_line_a_minute():
+    """A log file (a Slurm job's output) shows progress and ETA while the work runs, one line per minute."""
+    stream, clock = io.StringIO(), _Clock()
+    with Progress(1000, "gen", stream=stream, clock=clock) as bar:
+        for step in range(1, 151):  # one unit a second
+            clock.now = float(step)
+            bar.update()
+        assert stream.getvalue().splitlines() == ["gen: 6% 60/1000 [01:00<15:40, 1.0/s]",
+                                                  "gen: 12% 120/1000 [02:00<14:40, 1.0/s]"]
+    assert stream.getvalue().splitlines()[-1] == "gen: 15% 150/1000 [02:30<14:10, 1.0/s]"
+    assert "\r" not in stream.getvalue()
+
+
 def test_progress_redraws_a_terminal_at_most_five_times_a_second():
     stream, clock = _Terminal(), _Clock()
     with Progress(100, "gen", stream=stream, clock=clock) as bar:
