@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,6 +115,29 @@ def test_main_gives_back_the_callers_sigterm_handler(tmp_path, capsys):
     finally:
         signal.signal(signal.SIGTERM, previous)
     capsys.readouterr()
+
+
+def test_jobs_side_by_side_share_the_cores_as_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert "OMP_NUM_THREADS" not in distill.job_environment(1, cores=16)  # alone: torch's default
+    assert distill.job_environment(4, cores=16)["OMP_NUM_THREADS"] == "4"
+    assert distill.job_environment(3, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert distill.job_environment(2)["PYTHONUNBUFFERED"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's choice stands
+    assert distill.job_environment(4, cores=16)["OMP_NUM_THREADS"] == "7"
+
+
+def test_a_stage_runs_its_jobs_side_by_side_with_their_share_of_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    study = distill.Study(json.loads((REPO / "experiments" / "distill-cpu.json").read_text()), workdir=tmp_path)
+    show = [sys.executable, "-c", "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"]
+    jobs = [distill.Job("evaluate", name, show, [tmp_path / f"{name}.never"], tmp_path / "logs" / f"{name}.log")
+            for name in ("a", "b")]
+    distill.run_jobs(study, "evaluate", jobs, parallel=True, force=False, journal=[])
+    assert [job.log.read_text().splitlines()[-1] for job in jobs] == ["threads 2", "threads 2"]
+    distill.run_jobs(study, "evaluate", jobs[:1], parallel=True, force=False, journal=[])
+    assert jobs[0].log.read_text().splitlines()[-1] == "threads None"  # alone: torch's default
 
 
 def test_shipped_study_configs_are_valid():
