@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
 
 import expressions as ex
 import file_io
@@ -51,7 +50,7 @@ from file_io import DataFileError
 from neural_sr import load_errors
 from point_embedder import PrefixLM, encode_points, greedy_decode, load_model
 from problems import NMSE_THRESHOLD, nmse
-from progress import Progress
+from progress import Progress, library_bars_off
 from tokenizer import load_tokenizer
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -241,7 +240,12 @@ def check_args(args) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    hf_logging.disable_progress_bar()  # our own bar reports progress; theirs would add a line per load
+    with library_bars_off():  # our own bar reports progress; theirs would add a line per load
+        return run(args, argv)
+
+
+def run(args, argv) -> int:
+    """main's body, once the arguments are parsed."""
     started = time.monotonic()
     with file_io.exit_on_data_error():
         check_args(args)

@@ -297,20 +297,16 @@ class Proposer:
             max_new_tokens = int(settings["max_target_tokens"]) + NEW_TOKEN_MARGIN
         import point_embedder as pe
         import tokenizer as tk
-        from transformers.utils import logging as hf_logging
+        from progress import library_bars_off
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a tiny model loads in no time: no "Loading weights" bar on stderr
         try:
-            model = pe.load_model(folder)
-            tokenizer = tk.load_tokenizer(folder)
+            with library_bars_off():  # a tiny model loads in no time: no "Loading weights" bar on stderr
+                model = pe.load_model(folder)
+                tokenizer = tk.load_tokenizer(folder)
         except load_errors() as error:
             where = {"SafetensorError": "model.safetensors: ", "StrictDataclassFieldValidationError": "config.json: ",
                      "StrictDataclassError": "config.json: "}.get(type(error).__name__, "")
             raise CheckpointError(f"checkpoint {folder}: cannot load ({where}{_one_line(error)})") from None
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         return cls(model, tokenizer, mode=TRAINING_MODES.get(settings["mode"]), context_type=context_type,
                    max_new_tokens=max_new_tokens, checkpoint=folder, device=device, dtype=dtype, compile=compile,
                    attention=attention, parentheses=settings["parentheses"])

@@ -15,6 +15,7 @@ prints nothing at all.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -101,6 +102,25 @@ class Progress:
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+@contextlib.contextmanager
+def library_bars_off(off: bool = True):
+    """With `off`, the transformers library's own progress bars (loading and writing weights) are silenced for
+    the `with` body and restored after it: scripts run in-process (dagger.py's stages, the tests) must not
+    leave them off for their caller."""
+    if not off:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _rate(rate: float) -> str:

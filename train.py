@@ -36,7 +36,6 @@ parameters are unchanged, so a checkpoint reloads as a stock GPTNeoForCausalLM.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import difflib
@@ -56,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 import file_io
+from progress import library_bars_off
 
 REPO = Path(__file__).resolve().parent
 CHECKPOINT_META = "ttsr_train_meta.json"  # written last into every checkpoint: its presence means complete
@@ -936,29 +936,13 @@ def train(config: RunConfig, config_path: str = "", argv=None, callbacks=()) -> 
     fails before anything is written into its new run folder removes it."""
     new_folders = []
     try:
-        with library_bars_off(config.disable_tqdm):
+        with library_bars_off(config.disable_tqdm):  # theirs too: loading and writing weights
             return _train(config, config_path, argv, callbacks, new_folders)
     except BaseException:
         if is_main_process():
             for folder in new_folders:
                 remove_if_empty(folder)
         raise
-
-
-@contextlib.contextmanager
-def library_bars_off(off: bool):
-    """With `off` (disable_tqdm), transformers' own progress bars (loading and writing weights) are silenced
-    for the run and restored after it (train() is called in-process by dagger.py and the tests)."""
-    from transformers.utils import logging as hf_logging
-
-    silence = off and hf_logging.is_progress_bar_enabled()
-    if silence:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if silence:
-            hf_logging.enable_progress_bar()
 
 
 def remove_if_empty(folder: Path) -> bool:
