@@ -104,23 +104,35 @@ class Progress:
         self.stream.flush()
 
 
+def _bar_switches(library: str) -> tuple:
+    """(is enabled, disable, enable) of a Hugging Face library's own progress bars, imported on use."""
+    if library == "transformers":
+        from transformers.utils import logging as hf_logging
+
+        return hf_logging.is_progress_bar_enabled, hf_logging.disable_progress_bar, hf_logging.enable_progress_bar
+    if library == "datasets":
+        import datasets
+
+        return datasets.is_progress_bar_enabled, datasets.disable_progress_bars, datasets.enable_progress_bars
+    raise ValueError(f"unknown library {library!r}: transformers or datasets")
+
+
 @contextlib.contextmanager
-def library_bars_off(off: bool = True):
-    """With `off`, the transformers library's own progress bars (loading and writing weights) are silenced for
-    the `with` body and restored after it: scripts run in-process (dagger.py's stages, the tests) must not
-    leave them off for their caller."""
+def library_bars_off(off: bool = True, library: str = "transformers"):
+    """With `off`, a library's own progress bars (transformers: loading and writing weights; datasets: reading
+    and tokenizing) are silenced for the `with` body and restored after it: scripts run in-process (dagger.py's
+    stages, the tests) must not leave them off for their caller."""
     if not off:
         yield
         return
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    is_enabled, disable, enable = _bar_switches(library)
+    enabled = is_enabled()
+    disable()
     try:
         yield
     finally:
         if enabled:
-            hf_logging.enable_progress_bar()
+            enable()
 
 
 def _rate(rate: float) -> str:

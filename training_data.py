@@ -42,6 +42,7 @@ import torch
 import file_io
 import format_utils as fu
 from file_io import DataFileError
+from progress import library_bars_off
 
 MODES = ("onestep", "autoreg", "direct")
 DIRECT_PROMPT = fu.BOS  # = point_embedder.DIRECT_PROMPT: what the decoder reads after the point prefix
@@ -274,17 +275,12 @@ def _load_with_datasets(path, tokenizer, mode, max_length, source, cache_dir, pr
     """Tokenize through `datasets` (Arrow, memory-mapped, cached); same items as the plain reader."""
     import datasets  # optional dependency, imported only here
 
-    bars = datasets.is_progress_bar_enabled()
-    if bars and not progress:
-        datasets.disable_progress_bars()
-    try:
+    with library_bars_off(not progress, "datasets"):
         return _tokenize_with_datasets(datasets, path, tokenizer, mode, max_length, source, cache_dir)
-    finally:
-        if bars and not progress:
-            datasets.enable_progress_bars()
 
 
 def _tokenize_with_datasets(datasets, path, tokenizer, mode, max_length, source, cache_dir) -> ArrowExamples:
+    """`_load_with_datasets`'s work, its bars settled."""
     report = LoadReport(str(path), backend="datasets")
     json_logger = logging.getLogger("datasets.packaged_modules.json.json")
     level = json_logger.level

@@ -191,8 +191,12 @@ def override_flags(overrides: dict) -> list[str]:
 
 def worker_count(config: dict) -> int:
     requested = int(config.get("workers", 0))
-    return requested if requested > 0 else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                            else os.cpu_count() or 1)
+    return requested if requested > 0 else available_cores()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a Slurm allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------
@@ -355,8 +359,7 @@ def job_environment(side_by_side: int, cores: int | None = None) -> dict:
     took 30 s each side by side, 14 s each with one thread apiece (docs/LOG.md, session 8)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if side_by_side > 1 and "OMP_NUM_THREADS" not in os.environ:
-        cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-        env["OMP_NUM_THREADS"] = str(max(1, cores // side_by_side))
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or available_cores()) // side_by_side))
     return env
 
 

@@ -29,6 +29,19 @@ def torch_one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def transformers_bars_on():
+    """transformers' progress bars switched on for a test (an earlier test may have left them off), then put
+    back as they were; the test checks a script silences them for its run only."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    yield hf_logging
+    if not enabled:
+        hf_logging.disable_progress_bar()
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     """The ttsr tokenizer, built once per module."""

@@ -138,18 +138,10 @@ def test_main_writes_results_and_exits_zero(checkpoint, data_file, tmp_path, cap
     assert "eval_direct: 4 examples" in capsys.readouterr().out
 
 
-def test_main_max_examples_and_no_output_file(checkpoint, data_file, capsys):
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.enable_progress_bar()
-    try:
-        assert eval_direct.main(["--checkpoint", str(checkpoint), "--data", str(data_file), "--max_examples", "2",
-                                 "--max_new_tokens", "4", "--quiet"]) == 0
-        assert hf_logging.is_progress_bar_enabled()  # silenced during the run, not for the caller after it
-    finally:
-        if not enabled:
-            hf_logging.disable_progress_bar()
+def test_main_max_examples_and_no_output_file(checkpoint, data_file, capsys, transformers_bars_on):
+    assert eval_direct.main(["--checkpoint", str(checkpoint), "--data", str(data_file), "--max_examples", "2",
+                             "--max_new_tokens", "4", "--quiet"]) == 0
+    assert transformers_bars_on.is_progress_bar_enabled()  # silenced during the run, not for the caller after it
     assert "eval_direct: 2 examples" in capsys.readouterr().out
 
 

@@ -477,7 +477,7 @@ def test_direct_mode_trains_a_prefix_lm_and_reloads_it_with_its_embedder(pipelin
     assert (result["run_dir"] / "checkpoint-12" / "tokenizer.json").exists()
 
 
-def test_cli_trains_and_resumes(pipeline_dir, tmp_path, capsys, monkeypatch):
+def test_cli_trains_and_resumes(pipeline_dir, tmp_path, capsys, monkeypatch, transformers_bars_on):
     """The acceptance command: onestep-tiny.json with overrides trains, checkpoints, and resumes."""
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     training = pipeline_dir / "training"
@@ -487,17 +487,9 @@ def test_cli_trains_and_resumes(pipeline_dir, tmp_path, capsys, monkeypatch):
               "-o", "per_device_train_batch_size=4", "-o", "warmup_steps=0", "-o", "logging_steps=2",
               "-o", "save_steps=3", "-o", "dataloader_num_workers=0", "-o", "eval_steps=0",
               "-o", "disable_tqdm=true", "-o", "use_datasets=false"]
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()  # an earlier test may have turned them off
-    hf_logging.enable_progress_bar()
-    try:
-        assert train.main(common + ["-o", "max_steps=3"]) == 0
-        assert "it/s]" not in capsys.readouterr().err  # disable_tqdm: no transformers bars either (writing weights)
-        assert hf_logging.is_progress_bar_enabled()  # silenced for the run only
-    finally:
-        if not enabled:
-            hf_logging.disable_progress_bar()
+    assert train.main(common + ["-o", "max_steps=3"]) == 0
+    assert "it/s]" not in capsys.readouterr().err  # disable_tqdm: no transformers bars either (writing weights)
+    assert transformers_bars_on.is_progress_bar_enabled()  # silenced for the run only
     assert (tmp_path / "onestep-tiny" / "checkpoint-3" / train.CHECKPOINT_META).exists()
     assert train.main(common + ["-o", "max_steps=5", "--resume", "latest"]) == 0
     assert json.loads((tmp_path / "onestep-tiny" / "trainer_state.json").read_text())["global_step"] == 5
